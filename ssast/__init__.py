@@ -1,0 +1,31 @@
+"""SSAST: self-supervised audio spectrogram transformer (Gong et al., AAAI 2022).
+
+Pure PyTorch + timm. Never imports ray, pipeline or jobs.
+"""
+
+from ssast.checkpoint import (
+    classifier_to_original_state_dict,
+    load_checkpoint,
+    load_original_checkpoint,
+    load_original_classifier,
+    save_checkpoint,
+)
+from ssast.classifier import SSASTClassifier
+from ssast.config import GEOMETRIES, SIZES, SSASTConfig
+from ssast.masking import sample_cluster_mask, sample_random_mask
+from ssast.model import SSAST
+
+__all__ = [
+    "GEOMETRIES",
+    "SIZES",
+    "SSAST",
+    "SSASTClassifier",
+    "SSASTConfig",
+    "classifier_to_original_state_dict",
+    "load_checkpoint",
+    "load_original_checkpoint",
+    "load_original_classifier",
+    "sample_cluster_mask",
+    "sample_random_mask",
+    "save_checkpoint",
+]

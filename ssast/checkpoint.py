@@ -1,0 +1,279 @@
+"""Checkpoints: the released SSAST layout and ours.
+
+Key mapping between the original (``DataParallel`` state dict) and this package:
+
+=================================  ==============================================
+original key                       here
+=================================  ==============================================
+``module.v.<name>``                ``encoder.<name>`` (same names below ``v``)
+``module.mask_embed``              ``mask_embed``
+``module.cpredlayer.{0,2}.*``      ``cpredlayer.{0,2}.*``
+``module.gpredlayer.{0,2}.*``      ``gpredlayer.{0,2}.*``
+``module.p_input_fdim`` / ``_tdim``  ``SSASTConfig.input_fdim`` / ``input_tdim``
+``module.v.head*``                 dropped (timm's unused 1000-way heads)
+``module.mlp_head.{0,1}.*``        ``SSASTClassifier.head.{0,1}.*`` (fine-tuned files)
+=================================  ==============================================
+
+Patch shape comes from ``v.patch_embed.proj.weight`` (its last two dims), the model size
+from the width of ``v.cls_token`` and whether ``v.dist_token`` exists. Every file is read
+with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ssast.classifier import SSASTClassifier
+from ssast.config import SIZES, SSASTConfig
+from ssast.model import SSAST
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "ssast-ray"
+FORMAT_VERSION = 1
+_PREFIX = "module."
+_TIMM_HEAD_CLASSES = 1000
+_PRETEXT = re.compile(r"^(mask_embed|[cg]predlayer\.[02]\.(weight|bias))$")
+_TIMM_HEAD = re.compile(r"^v\.head(_dist)?\.(weight|bias)$")
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------- export
+def to_original_state_dict(model: SSAST, include_timm_heads: bool = True) -> dict[str, Any]:
+    """A pretraining model's weights in the released checkpoints' layout.
+
+    The result loads into the original ``ASTModel`` wrapped in ``DataParallel`` (and its
+    fine-tuning constructor reads it as a pretrained file). The unused timm heads are
+    written as zeros when ``include_timm_heads`` so the key set matches a freshly saved
+    original model.
+    """
+    cfg = model.cfg
+    if not cfg.is_pretraining_geometry:
+        raise ValueError(
+            "the original pretrained layout needs the pretraining geometry (patch_stride == "
+            f"patch_shape), this model has stride {cfg.patch_stride}; export the model before "
+            "adapting it, or save a fine-tuned SSASTClassifier with classifier_to_original_"
+            "state_dict"
+        )
+    ours = model.state_dict()
+    out: dict[str, Any] = {
+        "p_input_fdim": torch.tensor(cfg.input_fdim, dtype=torch.int64),
+        "p_input_tdim": torch.tensor(cfg.input_tdim, dtype=torch.int64),
+        "mask_embed": ours["mask_embed"],
+    }
+    out.update(_encoder_to_original(model, include_timm_heads))
+    out.update({k: v for k, v in ours.items() if k.startswith(("cpredlayer.", "gpredlayer."))})
+    return {_PREFIX + k: v.detach().clone() for k, v in out.items()}
+
+
+def classifier_to_original_state_dict(model: SSASTClassifier) -> dict[str, torch.Tensor]:
+    """A fine-tuned classifier in the original fine-tuning layout (``mlp_head``)."""
+    out = _encoder_to_original(model, include_timm_heads=True)
+    out.update({"mlp_head." + k: v for k, v in model.head.state_dict().items()})
+    return {_PREFIX + k: v.detach().clone() for k, v in out.items()}
+
+
+def _encoder_to_original(model, include_timm_heads: bool) -> dict[str, torch.Tensor]:
+    enc = model.encoder.state_dict()
+    # The original's emission order: v's own parameters, then its children.
+    first = ["cls_token", "pos_embed"] + (["dist_token"] if "dist_token" in enc else [])
+    out = {"v." + k: enc[k] for k in first}
+    out.update({"v." + k: v for k, v in enc.items() if k not in first})
+    if include_timm_heads:
+        D = model.cfg.preset.embed_dim
+        heads = ["head"] + (["head_dist"] if "dist_token" in enc else [])
+        for h in heads:
+            out[f"v.{h}.weight"] = torch.zeros(_TIMM_HEAD_CLASSES, D)
+            out[f"v.{h}.bias"] = torch.zeros(_TIMM_HEAD_CLASSES)
+    return out
+
+
+# --------------------------------------------------------------------- import
+def load_original_checkpoint(
+    path_or_state_dict: str | os.PathLike | StateDict,
+    patch_stride: tuple[int, int] | None = None,
+    input_tdim: int | None = None,
+    input_fdim: int | None = None,
+    num_masked: int = 400,
+) -> SSAST:
+    """Build an :class:`SSAST` from a released (or exported) original SSAST checkpoint.
+
+    Size, patch shape and pretraining input size are read from the file. With
+    ``patch_stride`` / ``input_tdim`` / ``input_fdim`` the model is adapted for fine-tuning
+    exactly as the original does (new stride, positions cropped or resized).
+
+    Raises:
+        ValueError: not an SSAST pretrained file (fine-tuned, unknown keys, wrong shapes).
+    """
+    model = _from_original(_read(path_or_state_dict), _describe(path_or_state_dict), num_masked)
+    if patch_stride is not None or input_tdim is not None or input_fdim is not None:
+        model = model.adapted(patch_stride=patch_stride, input_tdim=input_tdim,
+                              input_fdim=input_fdim)
+    return model
+
+
+def _from_original(raw: Mapping[str, Any], where: str, num_masked: int = 400) -> SSAST:
+    state = _strip_prefix(raw)
+    if any(k.startswith("mlp_head.") for k in state):
+        raise ValueError(
+            f"{where} is a fine-tuned SSAST checkpoint (it has mlp_head.* and no "
+            "p_input_fdim/p_input_tdim); expected a pretrained one such as "
+            "SSAST-Base-Patch-400.pth. Build the model from its pretrained file, then load "
+            "the fine-tuned weights with load_original_classifier."
+        )
+    cfg = _config_from_original(state, where, num_masked)
+    mapped, unknown = {}, []
+    for key, value in state.items():
+        if key.startswith("v.") and not _TIMM_HEAD.match(key):
+            mapped["encoder." + key[2:]] = value
+        elif _PRETEXT.match(key):
+            mapped[key] = value
+        elif not (_TIMM_HEAD.match(key) or key in ("p_input_fdim", "p_input_tdim")):
+            unknown.append(key)
+    model = SSAST(cfg)
+    expected = model.state_dict()
+    unknown += [k.replace("encoder.", "v.", 1) for k in mapped if k not in expected]
+    if unknown:
+        raise ValueError(
+            f"{where} has keys that are not part of an SSAST {cfg.size} checkpoint: "
+            f"{sorted(unknown)[:8]}"
+        )
+    missing = sorted(set(expected) - set(mapped))
+    missing_encoder = [k for k in missing if k.startswith("encoder.")]
+    if missing_encoder:
+        raise ValueError(f"{where} lacks encoder weights: {missing_encoder[:8]}")
+    if missing:
+        logger.warning("%s has no pretext heads (%s); they keep their random init", where,
+                       ", ".join(missing))
+    model.load_state_dict(mapped, strict=False)
+    return model
+
+
+def _config_from_original(state: StateDict, where: str, num_masked: int) -> SSASTConfig:
+    need = ["v.patch_embed.proj.weight", "v.cls_token", "v.pos_embed", "p_input_fdim",
+            "p_input_tdim"]
+    absent = [k for k in need if k not in state]
+    if absent:
+        raise ValueError(
+            f"{where} is not a pretrained SSAST checkpoint: missing {absent} (found "
+            f"{len(state)} keys, e.g. {sorted(state)[:4]}). Expected the layout of the released "
+            "SSAST-*-400.pth files, with or without the 'module.' prefix."
+        )
+    D = state["v.cls_token"].shape[-1]
+    has_dist = "v.dist_token" in state
+    size = next(
+        (s for s, p in SIZES.items() if p.embed_dim == D and (p.num_extra_tokens == 2) == has_dist),
+        None,
+    )
+    if size is None:
+        raise ValueError(f"{where}: token width {D} matches no SSAST size (192, 384, 768)")
+    patch_shape = tuple(state["v.patch_embed.proj.weight"].shape[2:])
+    fdim, tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
+    cfg = SSASTConfig(size=size, patch_shape=patch_shape, patch_stride=patch_shape,
+                      input_fdim=fdim, input_tdim=tdim, num_masked=1)
+    return cfg.replace(num_masked=min(num_masked, cfg.num_patches))
+
+
+def load_original_classifier(
+    pretrained: str | os.PathLike | StateDict,
+    finetuned: str | os.PathLike | StateDict,
+    patch_stride: tuple[int, int],
+    input_tdim: int,
+    pooling: str = "mean",
+) -> SSASTClassifier:
+    """An original fine-tuned checkpoint: geometry from its pretrained file, weights on top."""
+    base = load_original_checkpoint(pretrained, patch_stride=patch_stride, input_tdim=input_tdim)
+    state = _strip_prefix(_read(finetuned))
+    if "mlp_head.1.weight" not in state:
+        raise ValueError(f"{_describe(finetuned)} has no mlp_head.*: not a fine-tuned file")
+    clf = SSASTClassifier(base.cfg, state["mlp_head.1.weight"].shape[0], pooling)
+    enc = {k[2:]: v for k, v in state.items() if k.startswith("v.") and not _TIMM_HEAD.match(k)}
+    head = {k[len("mlp_head."):]: v for k, v in state.items() if k.startswith("mlp_head.")}
+    _load_strict(clf.encoder, enc, _describe(finetuned))
+    _load_strict(clf.head, head, _describe(finetuned))
+    return clf
+
+
+# ------------------------------------------------------------------ our format
+def save_checkpoint(model: SSAST | SSASTClassifier, path: str | os.PathLike,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write our checkpoint: weights plus the config needed to rebuild the model."""
+    torch.save(checkpoint_payload(model, extra), path)
+
+
+def checkpoint_payload(model: SSAST | SSASTClassifier,
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dict :func:`save_checkpoint` writes (for callers that add optimizer state)."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": "classifier" if isinstance(model, SSASTClassifier) else "pretrain",
+        "config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if isinstance(model, SSASTClassifier):
+        payload.update(num_classes=model.num_classes, pooling=model.pooling)
+    payload.update(extra or {})
+    return payload
+
+
+def load_checkpoint(
+    path_or_payload: str | os.PathLike | Mapping[str, Any],
+) -> SSAST | SSASTClassifier:
+    """Load our checkpoint, or a released original pretrained ``.pth`` (detected by layout)."""
+    payload = _read(path_or_payload)
+    if payload.get("format") != FORMAT:
+        return _from_original(payload, _describe(path_or_payload))
+    if payload.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{_describe(path_or_payload)} is checkpoint format version {payload.get('version')}"
+            f", this code reads version {FORMAT_VERSION}"
+        )
+    cfg = SSASTConfig.from_dict(payload["config"])
+    if payload["kind"] == "classifier":
+        model: SSAST | SSASTClassifier = SSASTClassifier(cfg, payload["num_classes"],
+                                                         payload["pooling"])
+    else:
+        model = SSAST(cfg)
+    _load_strict(model, payload["state_dict"], _describe(path_or_payload))
+    return model
+
+
+# --------------------------------------------------------------------- helpers
+def _read(source) -> dict[str, Any]:
+    if isinstance(source, Mapping):
+        return dict(source)
+    if not os.path.exists(source):
+        raise ValueError(f"checkpoint {source} does not exist")
+    obj = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source} holds a {type(obj).__name__}, expected a state dict")
+    return dict(obj)
+
+
+def _strip_prefix(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v for k, v in state.items()}
+
+
+def _describe(source) -> str:
+    return "state dict" if isinstance(source, Mapping) else f"checkpoint {os.fspath(source)}"
+
+
+def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(f"{where} does not fit the model: " + "; ".join(problems[:8]))
+    torch.nn.Module.load_state_dict(module, state)

@@ -1,0 +1,84 @@
+"""The SSAST encoder: patch embedding, cls/dist tokens, learned positions, DeiT blocks.
+
+Shapes: B batch, T frames, F mel bins, N patches, C extra tokens (2: cls + dist, or
+1: cls), D width. Parameter names equal the original's ``v.*`` keys (the timm ViT
+SSAST wraps), e.g. ``blocks.0.attn.qkv.weight``; only the ``module.v.`` prefix and the
+unused timm classifier heads differ (see :mod:`ssast.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ssast.config import SSASTConfig
+from ssast.patching import PatchEmbed
+
+
+class SpectrogramEncoder(nn.Module):
+    """Pre-norm ViT on spectrogram patches (DeiT sizes, LayerNorm eps 1e-6, no dropout)."""
+
+    def __init__(self, cfg: SSASTConfig) -> None:
+        super().__init__()
+        p = cfg.preset
+        self.num_extra_tokens = p.num_extra_tokens
+        self.grid = cfg.grid
+        D = p.embed_dim
+        self.patch_embed = PatchEmbed(cfg.patch_shape, cfg.patch_stride, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if p.num_extra_tokens == 2 else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, p.num_extra_tokens + cfg.num_patches, D))
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(
+            *(
+                Block(D, p.num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
+                for _ in range(p.depth)
+            )
+        )
+        self.norm = norm(D)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # timm 0.4.5 DeiT init: trunc-normal(0.02) for Linear weights and tokens, zero
+        # biases, unit LayerNorms; the patch conv keeps PyTorch's default (SSAST swaps it in
+        # after timm's init pass).
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for t in (self.cls_token, self.dist_token, self.pos_embed):
+            if t is not None:
+                trunc_normal_(t, std=0.02)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cls_token.shape[-1]
+
+    def extra_tokens(self, batch_size: int) -> torch.Tensor:
+        """(B, C, D) cls (and dist) tokens."""
+        tokens = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
+        return torch.cat(tokens, dim=1).expand(batch_size, -1, -1)
+
+    def forward_tokens(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Run the transformer on embedded (possibly masked) patches.
+
+        Args:
+            patch_tokens: (B, N, D).
+
+        Returns:
+            (B, C + N, D) after the final LayerNorm; extra tokens first.
+        """
+        x = torch.cat([self.extra_tokens(patch_tokens.shape[0]), patch_tokens], dim=1)
+        x = x + self.pos_embed  # (B, C + N, D)
+        return self.norm(self.blocks(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) spectrograms -> (B, C + N, D) encoded tokens."""
+        return self.forward_tokens(self.patch_embed(x))
