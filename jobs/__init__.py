@@ -1,0 +1,1 @@
+"""`ray job submit` targets. Nothing imports this package."""

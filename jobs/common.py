@@ -1,0 +1,55 @@
+"""What every job shares: logging set-up, Ray connection, config CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster this job runs on, or start a local one.
+
+    Under ``ray job submit`` (or with RAY_ADDRESS set) this connects to that cluster;
+    otherwise it starts a local Ray with this machine's CPUs (``num_cpus`` overrides).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file (defaults apply for keys it omits)")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the resolved config and exit")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. clips_per_shard=64")
+    return ap
+
+
+def resolve_config(cls, args: argparse.Namespace):
+    """Load the config; print it and exit when --print-config."""
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        raise SystemExit(0)
+    return cfg

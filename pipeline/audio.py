@@ -1,0 +1,77 @@
+"""Decoding audio bytes, with a named reason for every way a file can be bad."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import numpy as np
+import soundfile as sf
+
+REASONS = {
+    "missing": "the file does not exist or could not be fetched",
+    "empty_file": "the file has 0 bytes",
+    "unreadable": "libsndfile cannot decode it (unknown format, truncated, corrupt)",
+    "zero_sample_rate": "the header declares a sample rate of 0",
+    "no_samples": "it decodes to 0 samples",
+    "non_finite": "it contains NaN or infinite samples",
+    "bad_segment": "the manifest's start_s/end_s lie outside the audio",
+    "internal": "an unexpected error while featurizing (see detail)",
+}
+"""Error codes written to the errors table's ``reason`` column, with their meaning."""
+
+
+class AudioError(Exception):
+    """A clip that cannot be featurized; ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def decode(data: bytes | None) -> tuple[np.ndarray, int]:
+    """Decode any format libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, ...).
+
+    Args:
+        data: the file's bytes, or None when it could not be read.
+
+    Returns:
+        (samples (n, channels) float32, sample_rate_hz).
+
+    Raises:
+        AudioError: with the reason the clip is unusable.
+    """
+    if data is None:
+        raise AudioError("missing", "no bytes could be read for this path")
+    if len(data) == 0:
+        raise AudioError("empty_file", "the file has 0 bytes")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        if _wav_header_rate(data) == 0:
+            raise AudioError("zero_sample_rate", "WAV header declares 0 Hz") from err
+        message = re.sub(r"^Error opening <[^>]*>: ", "", str(err))
+        raise AudioError("unreadable", message) from err
+    if rate <= 0:
+        raise AudioError("zero_sample_rate", f"sample rate {rate}")
+    if samples.size == 0:
+        raise AudioError("no_samples", f"0 samples at {rate} Hz")
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
+        raise AudioError("non_finite", f"{bad} NaN/inf samples of {samples.size}")
+    return samples, int(rate)
+
+
+def _wav_header_rate(data: bytes) -> int | None:
+    """The sample rate field of a RIFF/WAVE ``fmt`` chunk, or None if not a WAV."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if chunk == b"fmt " and pos + 16 <= len(data):
+            return struct.unpack("<I", data[pos + 12 : pos + 16])[0]
+        pos += 8 + size + (size & 1)
+    return None

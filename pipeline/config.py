@@ -1,0 +1,117 @@
+"""One way to configure a job: a YAML file plus dotted ``key=value`` overrides.
+
+Configs are nested frozen dataclasses. ``load_config(Cls, path, ["train.lr=3e-4"])``
+merges defaults <- YAML <- overrides, converts values to the field types, validates
+through each dataclass's ``__post_init__``, and rejects unknown keys with the closest
+valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build ``cls`` from defaults, an optional YAML file and ``a.b=value`` overrides.
+
+    Raises:
+        ValueError: unknown key (with a suggestion), a value of the wrong type, or a
+            dataclass validation error.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded)}")
+        values = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(values, key.strip(), yaml.safe_load(raw))
+    return build(cls, values, where=str(path) if path else "config")
+
+
+def build(cls: type[T], values: dict[str, Any], where: str = "config", prefix: str = "") -> T:
+    """Instantiate a (nested) dataclass from a plain dict, strictly."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ValueError(f"{where}: unknown key {prefix}{key}{hint} "
+                             f"(valid: {', '.join(prefix + f for f in fields)})")
+        kwargs[key] = _convert(hints[key], value, f"{prefix}{key}", where)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict of builtins (tuples as lists), for YAML, MLflow and JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: {key} must be a section (mapping), got {value!r}")
+        return build(tp, value, where, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, where) if len(inner) == 1 else value
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_convert(inner, v, key, where) for v in value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"{where}: {key} must be {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ValueError(f"{where}: {key} must be int, got {value!r}")
+    return value

@@ -1,0 +1,275 @@
+"""The Ray Data featurization graph: manifest -> sharded Parquet features, errors, stats.
+
+Work is cut into shards of consecutive manifest rows (shard k = rows k*S .. k*S+S-1), so
+the assignment is a pure function of the manifest. Each shard is one Ray Data task that
+fetches, decodes, resamples and featurizes its clips and commits three files in order:
+``features/part-k``, ``errors/part-k`` and last the marker ``_shards/part-k.json`` with
+the shard's counts and sums. A rerun skips shards that have a marker and redoes the
+others, overwriting any half-written files under the same names; so a killed job
+resumes without duplicated or missing clips, and a finished job reruns as a no-op.
+Dataset statistics are sums over the markers, so resuming never rereads features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.clips import featurize_table
+from pipeline.features import FeatureConfig
+from pipeline.manifest import read_manifest
+from pipeline.schema import SCHEMA_VERSION, read_json, shard_metadata, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeaturizeConfig:
+    """Settings of a featurization run."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How audio becomes fbank (stored with the dataset)."""
+    clips_per_shard: int = 128
+    """Manifest rows per shard: the unit of work, commit and resume."""
+    max_error_fraction: float = 0.05
+    """The job fails (non-zero exit) when more than this share of inputs are errors."""
+    num_cpus_per_task: float = 1.0
+    """CPUs reserved per shard task."""
+    limit: int | None = None
+    """Featurize only the first N manifest rows (smoke runs)."""
+
+    def __post_init__(self) -> None:
+        if self.clips_per_shard < 1:
+            raise ValueError(f"clips_per_shard must be >= 1, got {self.clips_per_shard}")
+        if not 0 <= self.max_error_fraction <= 1:
+            raise ValueError(f"max_error_fraction must be in [0, 1], got {self.max_error_fraction}")
+        if self.num_cpus_per_task <= 0:
+            raise ValueError(f"num_cpus_per_task must be > 0, got {self.num_cpus_per_task}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    """What a run produced (also the content of ``dataset.json``)."""
+
+    output: str
+    info: dict[str, Any]
+    shards_done_now: int
+    wall_s: float
+
+    @property
+    def error_fraction(self) -> float:
+        total = self.info["num_inputs"]
+        return self.info["num_error_inputs"] / total if total else 0.0
+
+    def table(self) -> str:
+        """A short human-readable summary."""
+        i = self.info
+        lines = [
+            f"dataset      {self.output}",
+            f"inputs       {i['num_inputs']} ({i['num_ok_inputs']} ok, "
+            f"{i['num_error_inputs']} errors = {self.error_fraction:.1%})",
+            f"rows         {i['num_rows']} clips/segments, {i['hours']:.3f} h of audio",
+            f"statistics   mean {i['mean']:.4f}, std {i['std']:.4f} over {i['num_frames']} frames",
+        ]
+        for reason, n in sorted(i["errors_by_reason"].items()):
+            lines.append(f"  error      {reason}: {n}")
+        rate = self.shards_done_now and i["num_inputs"] / max(self.wall_s, 1e-9)
+        lines.append(f"this run     {self.shards_done_now} shards in {self.wall_s:.1f} s"
+                     + (f" ({rate:.1f} inputs/s)" if self.shards_done_now else " (all done)"))
+        return "\n".join(lines)
+
+
+def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummary:
+    """Featurize a manifest (or directory / glob) into ``output`` with Ray Data.
+
+    Needs a running Ray (``ray.init()``). Idempotent and resumable, see module docstring.
+
+    Raises:
+        ValueError: bad manifest, or ``output`` holds a run of a different input/config.
+    """
+    import ray
+
+    start = time.perf_counter()
+    manifest = read_manifest(source)
+    if cfg.limit is not None:
+        manifest = manifest.slice(0, cfg.limit)
+    n = manifest.num_rows
+    num_shards = -(-n // cfg.clips_per_shard)
+    root = output.rstrip("/")
+    _claim_output(root, source, manifest, cfg, num_shards)
+
+    done = _finished_shards(root)
+    todo = [k for k in range(num_shards) if k not in done]
+    if todo:
+        logger.info("featurizing %d of %d shards (%d already committed)", len(todo),
+                    num_shards, len(done))
+        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            _process_shards, batch_size=1, num_cpus=cfg.num_cpus_per_task,
+            fn_kwargs={"manifest": manifest, "cfg": cfg, "root": root},
+        )
+        for _ in ds.iter_batches(batch_size=None):  # drive the stream; markers hold results
+            pass
+    info = _aggregate(root, manifest, cfg, num_shards)
+    write_json(f"{root}/dataset.json", info)
+    return FeaturizeSummary(root, info, len(todo), time.perf_counter() - start)
+
+
+def _claim_output(root: str, source: str, manifest: pa.Table, cfg: FeaturizeConfig,
+                  num_shards: int) -> None:
+    """Record what this output holds; refuse to mix two different runs in one directory."""
+    digest = hashlib.sha1()
+    for col in ("uri", "start_s", "end_s"):
+        if col in manifest.column_names:
+            digest.update("\n".join(map(str, manifest.column(col).to_pylist())).encode())
+    job = {"schema_version": SCHEMA_VERSION, "feature_config": cfg.features.to_dict(),
+           "input": source, "input_sha1": digest.hexdigest(), "num_inputs": manifest.num_rows,
+           "clips_per_shard": cfg.clips_per_shard, "num_shards": num_shards}
+    previous = read_json(f"{root}/_job.json")
+    if previous is not None:
+        keys = ("schema_version", "feature_config", "input_sha1", "clips_per_shard")
+        diff = [k for k in keys if previous.get(k) != job[k]]
+        if diff:
+            raise ValueError(
+                f"{root} already holds features of a different run (differs in {diff}); "
+                "use a new --output, or delete it to start over"
+            )
+        return
+    fs, p = fsspec.core.url_to_fs(root)
+    fs.makedirs(p, exist_ok=True)
+    write_json(f"{root}/_job.json", job)
+
+
+def _finished_shards(root: str) -> set[int]:
+    fs, p = fsspec.core.url_to_fs(f"{root}/_shards")
+    if not fs.exists(p):
+        return set()
+    names = [n.rsplit("/", 1)[-1] for n in fs.ls(p, detail=False)]
+    return {int(n[5:11]) for n in names if n.startswith("part-") and n.endswith(".json")}
+
+
+def _process_shards(batch: dict[str, np.ndarray], *, manifest: pa.Table, cfg: FeaturizeConfig,
+                    root: str) -> dict[str, np.ndarray]:
+    """Ray Data UDF: featurize and commit each shard id in the batch."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.num_cpus_per_task)))
+    done = []
+    for k in batch["shard"].tolist():
+        rows = manifest.slice(k * cfg.clips_per_shard, cfg.clips_per_shard)
+        features, errors = featurize_table(rows, cfg.features)
+        name = f"part-{k:06d}"
+        meta = shard_metadata(cfg.features)
+        _write_parquet(features.replace_schema_metadata(meta), f"{root}/features/{name}.parquet")
+        _write_parquet(errors.replace_schema_metadata(meta), f"{root}/errors/{name}.parquet")
+        write_json(f"{root}/_shards/{name}.json", _shard_stats(k, rows, features, errors, cfg))
+        done.append(k)
+    return {"shard": np.array(done)}
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    target = f"{p}.tmp-{uuid.uuid4().hex[:8]}" if local else p  # object stores commit a PUT atomically
+    with fs.open(target, "wb") as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=64)
+    if local:
+        fs.mv(target, p)
+
+
+def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,
+                 cfg: FeaturizeConfig) -> dict[str, Any]:
+    F = cfg.features.num_mel_bins
+    values = features.column("fbank").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    values = values.astype(np.float64).reshape(-1, F)  # (frames, F)
+    return {
+        "shard": k,
+        "num_inputs": rows.num_rows,
+        "num_rows": features.num_rows,
+        "num_error_inputs": errors.num_rows,
+        "errors_by_reason": dict(Counter(errors.column("reason").to_pylist())),
+        "num_frames": int(values.shape[0]),
+        "seconds": float(np.sum(features.column("duration_s").to_numpy())),
+        "bin_sum": values.sum(axis=0).tolist(),
+        "bin_sumsq": np.square(values).sum(axis=0).tolist(),
+    }
+
+
+def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
+               ) -> dict[str, Any]:
+    fs, p = fsspec.core.url_to_fs(f"{root}/_shards")
+    stats = [read_json(f"{root}/_shards/part-{k:06d}.json") for k in range(num_shards)]
+    missing = [k for k, s in enumerate(stats) if s is None]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} of {root} were not committed; rerun to resume")
+    F = cfg.features.num_mel_bins
+    bin_sum = np.sum([s["bin_sum"] for s in stats], axis=0) if stats else np.zeros(F)
+    bin_sumsq = np.sum([s["bin_sumsq"] for s in stats], axis=0) if stats else np.zeros(F)
+    frames = sum(s["num_frames"] for s in stats)
+    count = max(frames * F, 1)
+    mean = float(bin_sum.sum() / count)
+    var = max(float(bin_sumsq.sum() / count) - mean**2, 0.0)
+    bin_mean = bin_sum / max(frames, 1)
+    bin_var = np.maximum(bin_sumsq / max(frames, 1) - bin_mean**2, 0.0)
+    reasons: Counter = Counter()
+    for s in stats:
+        reasons.update(s["errors_by_reason"])
+    num_err = sum(s["num_error_inputs"] for s in stats)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "feature_config": cfg.features.to_dict(),
+        "num_inputs": manifest.num_rows,
+        "num_ok_inputs": manifest.num_rows - num_err,
+        "num_error_inputs": num_err,
+        "num_errors": num_err,
+        "errors_by_reason": dict(reasons),
+        "num_rows": sum(s["num_rows"] for s in stats),
+        "num_frames": frames,
+        "hours": sum(s["seconds"] for s in stats) / 3600,
+        "mean": mean,
+        "std": var**0.5,
+        "mean_per_bin": bin_mean.tolist(),
+        "std_per_bin": np.sqrt(bin_var).tolist(),
+        "num_shards": num_shards,
+        "clips_per_shard": cfg.clips_per_shard,
+        "columns": [c for c in manifest.column_names if c != "row_index"],
+    }
+
+
+def stream_features(source: str | pa.Table, features: FeatureConfig, batch_size: int = 16,
+                    num_cpus: float = 1.0):
+    """The same per-clip work as a lazy Ray Dataset of feature rows, nothing written.
+
+    Bad clips are dropped from the stream and logged with their reason (the sharded job
+    is the place for a durable errors table).
+    """
+    import ray
+
+    manifest = read_manifest(source) if isinstance(source, str) else source
+    return ray.data.from_arrow(manifest).map_batches(
+        _stream_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus,
+        fn_kwargs={"features": features},
+    )
+
+
+def _stream_batch(rows: pa.Table, *, features: FeatureConfig) -> pa.Table:
+    feats, errors = featurize_table(rows, features)
+    for path, reason, detail in zip(errors.column("path").to_pylist(),
+                                    errors.column("reason").to_pylist(),
+                                    errors.column("detail").to_pylist(), strict=True):
+        logger.warning("skipping %s: %s (%s)", path, reason, detail)
+    return feats

@@ -1,0 +1,107 @@
+"""Input manifests: CSV, JSONL or Parquet with a ``path`` column, or a directory / glob.
+
+Relative paths resolve against the manifest's own folder (which may be ``s3://...``).
+Optional ``start_s`` / ``end_s`` columns select a segment of the file. Every other
+column (``label``, ``split``, ...) is carried unchanged into the features table.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
+RESERVED = ("uri", "clip_id", "segment_index", "duration_s", "source_sample_rate",
+            "source_channels", "num_frames", "num_mel_bins", "fbank", "reason", "detail",
+            "row_index")
+"""Columns the pipeline writes; a manifest may not bring its own."""
+
+
+def read_manifest(source: str) -> pa.Table:
+    """Load a manifest (or list a directory / glob of audio files) into a table.
+
+    Returns:
+        The manifest's columns plus ``uri`` (the resolved location) and ``row_index``
+        (position in the manifest, the basis of deterministic sharding). ``start_s`` and
+        ``end_s`` are float64 when present.
+
+    Raises:
+        ValueError: unknown file type, no ``path`` column, reserved column names, or an
+            empty input; the message names the file.
+    """
+    fs, root = fsspec.core.url_to_fs(source)
+    if fs.isdir(root) or any(ch in root for ch in "*?["):
+        table = _list_audio(fs, root, source)
+        base = None
+    else:
+        table = _read_table(fs, root, source)
+        base = posixpath.dirname(source.rstrip("/")) if "://" in source else _local_dir(root)
+    if "path" not in table.column_names:
+        raise ValueError(
+            f"manifest {source} has no 'path' column (columns: {table.column_names}); "
+            "add a column named path with one audio file per row"
+        )
+    clash = [c for c in table.column_names if c in RESERVED]
+    if clash:
+        raise ValueError(f"manifest {source} uses reserved column names {clash}; rename them")
+    if table.num_rows == 0:
+        raise ValueError(f"manifest {source} lists no files")
+    paths = table.column("path").cast(pa.string())
+    if pc.any(pc.is_null(paths)).as_py():
+        raise ValueError(f"manifest {source} has empty 'path' values")
+    table = table.set_column(table.column_names.index("path"), "path", paths)
+    uris = [_resolve(p, base) for p in paths.to_pylist()]
+    for col in ("start_s", "end_s"):
+        if col in table.column_names:
+            idx = table.column_names.index(col)
+            table = table.set_column(idx, col, table.column(col).cast(pa.float64()))
+    table = table.append_column("uri", pa.array(uris, pa.string()))
+    return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
+
+
+def _read_table(fs, path: str, source: str) -> pa.Table:
+    lower = path.lower()
+    with fs.open(path, "rb") as f:
+        if lower.endswith(".csv"):
+            # Keep every column as text except the segment bounds: labels like "01" stay
+            # exactly as written.
+            opts = pacsv.ConvertOptions(strings_can_be_null=False,
+                                        column_types={"path": pa.string()})
+            table = pacsv.read_csv(f, convert_options=opts)
+        elif lower.endswith((".jsonl", ".json", ".ndjson")):
+            table = pajson.read_json(f)
+        elif lower.endswith(".parquet"):
+            table = pq.read_table(f)
+        else:
+            raise ValueError(
+                f"manifest {source}: unknown type; use .csv, .jsonl or .parquet, or pass a "
+                "directory or glob of audio files"
+            )
+    return table
+
+
+def _list_audio(fs, root: str, source: str) -> pa.Table:
+    pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**"
+    found = sorted(p for p in fs.glob(pattern) if p.lower().endswith(AUDIO_EXTENSIONS))
+    if not found:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        found = [f"{protocol}://{p}" for p in found]
+    return pa.table({"path": pa.array(found, pa.string())})
+
+
+def _local_dir(path: str) -> str:
+    return posixpath.dirname(posixpath.abspath(path))
+
+
+def _resolve(path: str, base: str | None) -> str:
+    if base is None or "://" in path or path.startswith("/"):
+        return path
+    return posixpath.join(base, path)
