@@ -102,7 +102,8 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
             _add_error(errors, rows, i, "internal", f"{type(err).__name__}: {err}")
 
     fbanks = extractor_for(cfg)(waves) if waves else []
-    features = _feature_table(rows.select(carried).take(take), meta, fbanks, cfg)
+    features = _feature_table(rows.select(carried).take(pa.array(take, pa.int64())), meta,
+                              fbanks, cfg)
     return features, pa.table({c: errors[c] for c in ERROR_COLUMNS},
                               schema=pa.schema([(c, pa.string()) for c in ERROR_COLUMNS]))
 

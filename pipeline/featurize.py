@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +22,17 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.clips import featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest
-from pipeline.schema import SCHEMA_VERSION, read_json, shard_metadata, write_json
+from pipeline.schema import (
+    SCHEMA_VERSION,
+    read_json,
+    shard_metadata,
+    write_json,
+    write_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,23 +176,11 @@ def _process_shards(batch: dict[str, np.ndarray], *, manifest: pa.Table, cfg: Fe
         features, errors = featurize_table(rows, cfg.features)
         name = f"part-{k:06d}"
         meta = shard_metadata(cfg.features)
-        _write_parquet(features.replace_schema_metadata(meta), f"{root}/features/{name}.parquet")
-        _write_parquet(errors.replace_schema_metadata(meta), f"{root}/errors/{name}.parquet")
+        write_parquet(features.replace_schema_metadata(meta), f"{root}/features/{name}.parquet")
+        write_parquet(errors.replace_schema_metadata(meta), f"{root}/errors/{name}.parquet")
         write_json(f"{root}/_shards/{name}.json", _shard_stats(k, rows, features, errors, cfg))
         done.append(k)
     return {"shard": np.array(done)}
-
-
-def _write_parquet(table: pa.Table, path: str) -> None:
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
-    target = f"{p}.tmp-{uuid.uuid4().hex[:8]}" if local else p  # object stores commit a PUT atomically
-    with fs.open(target, "wb") as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=64)
-    if local:
-        fs.mv(target, p)
 
 
 def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,

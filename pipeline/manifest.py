@@ -7,6 +7,7 @@ column (``label``, ``split``, ...) is carried unchanged into the features table.
 
 from __future__ import annotations
 
+import csv
 import posixpath
 
 import fsspec
@@ -69,11 +70,13 @@ def _read_table(fs, path: str, source: str) -> pa.Table:
     lower = path.lower()
     with fs.open(path, "rb") as f:
         if lower.endswith(".csv"):
-            # Keep every column as text except the segment bounds: labels like "01" stay
+            # Every column as text except the segment bounds: labels such as "01" stay
             # exactly as written.
-            opts = pacsv.ConvertOptions(strings_can_be_null=False,
-                                        column_types={"path": pa.string()})
-            table = pacsv.read_csv(f, convert_options=opts)
+            header = next(csv.reader([f.readline().decode("utf-8-sig")]), [])
+            f.seek(0)
+            types = {c: pa.float64() if c in ("start_s", "end_s") else pa.string()
+                     for c in header}
+            table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
         elif lower.endswith((".jsonl", ".json", ".ndjson")):
             table = pajson.read_json(f)
         elif lower.endswith(".parquet"):

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.features import FeatureConfig
 
@@ -140,7 +142,7 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     """Write JSON atomically where the filesystem allows (local: temp file + rename)."""
     fs, p = fsspec.core.url_to_fs(path)
     text = json.dumps(payload, indent=2, sort_keys=True)
-    if _is_local(fs):
+    if is_local(fs):
         fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open(tmp, "w") as f:
@@ -151,6 +153,18 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
             f.write(text)
 
 
+def write_parquet(table: pa.Table, path: str) -> None:
+    """Write one Parquet file (zstd) so that it appears whole or not at all."""
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    local = is_local(fs)
+    target = f"{p}.tmp-{uuid.uuid4().hex[:8]}" if local else p  # an object PUT is atomic
+    with fs.open(target, "wb") as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=64)
+    if local:
+        fs.mv(target, p)
+
+
 def read_json(path: str) -> dict[str, Any] | None:
     fs, p = fsspec.core.url_to_fs(path)
     if not fs.exists(p):
@@ -159,6 +173,6 @@ def read_json(path: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

@@ -1,0 +1,59 @@
+"""Real services for integration tests: a local S3-API server (moto) and one local Ray.
+
+Both are session-scoped: Ray takes ~6 s to start. The S3 fixture sets the AWS variables
+before Ray starts so that Ray's worker processes inherit them.
+"""
+
+import os
+import socket
+
+import pytest
+
+from pipeline.synth import write_corpus
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto in server mode on 127.0.0.1; s3fs, boto3 and pyarrow reach it by AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One local Ray for the session. 4 logical CPUs on 2 cores: Ray Data's read and map
+    stages must not starve each other (shared/reference/ray-notes.md, 2-core deadlock)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = 120
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory):
+    """(manifest, number of good clips) of a small generated corpus with broken files."""
+    root = tmp_path_factory.mktemp("sample")
+    return write_corpus(root, num_clips=28, duration_s=(1.0, 3.0), seed=11), 28

@@ -1,0 +1,65 @@
+"""Manifest rows to feature and error rows: every broken-file class, segments, carried columns."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+import soundfile as sf
+
+from pipeline.clips import featurize_table
+from pipeline.features import FeatureConfig
+from pipeline.manifest import read_manifest
+
+EXPECTED_REASONS = {
+    "audio/broken_random_bytes.wav": "unreadable",
+    "audio/broken_empty_file.wav": "empty_file",
+    "audio/broken_truncated.wav": "unreadable",
+    "audio/broken_non_finite.wav": "non_finite",
+    "audio/broken_zero_rate.wav": "zero_sample_rate",
+    "audio/broken_missing.wav": "missing",
+}
+
+
+def test_every_broken_file_is_reported_and_the_rest_is_intact(corpus):
+    manifest, num_good = corpus
+    rows = read_manifest(str(manifest))
+    features, errors = featurize_table(rows, FeatureConfig())
+    got = dict(zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist(),
+                   strict=True))
+    assert got == EXPECTED_REASONS
+    assert all(d for d in errors.column("detail").to_pylist())
+    assert features.num_rows == num_good
+    good = [p for p in rows.column("path").to_pylist() if p not in EXPECTED_REASONS]
+    assert features.column("path").to_pylist() == good  # exactly as in the manifest
+    assert set(features.column("label").to_pylist()) <= {"tone", "chirp", "noise_burst",
+                                                         "harmonic", "clicks", "am", "fm"}
+    frames = features.column("num_frames").to_numpy()
+    lengths = np.array([len(v) for v in features.column("fbank").to_pylist()])
+    np.testing.assert_array_equal(lengths, frames * 128)
+    assert set(features.column("source_sample_rate").to_pylist()) > {16000}
+    assert len(set(features.column("clip_id").to_pylist())) == num_good
+
+
+def _wav(path, seconds, rate=16000):
+    sf.write(path, np.sin(np.arange(int(seconds * rate)) / 7).astype(np.float32), rate)
+
+
+def test_segments_from_manifest_and_fixed_cutting(tmp_path):
+    _wav(tmp_path / "long.wav", 7.5)
+    table = pa.table({"path": ["long.wav", "long.wav", "long.wav"],
+                      "start_s": [0.0, 2.0, 6.0], "end_s": [None, 3.5, 9.0]})
+    pacsv.write_csv(table, tmp_path / "m.csv")
+    feats, errors = featurize_table(read_manifest(str(tmp_path / "m.csv")), FeatureConfig())
+    assert feats.column("duration_s").to_pylist() == pytest.approx([7.5, 1.5])
+    assert errors.column("reason").to_pylist() == ["bad_segment"]
+
+    cut = FeatureConfig(segment_s=3.0, min_segment_s=1.0)
+    feats, _ = featurize_table(read_manifest(str(tmp_path / "m.csv")).slice(0, 1), cut)
+    # 7.5 s -> [0, 3), [3, 6), [6, 7.5): the 1.5 s tail is long enough to stay.
+    assert feats.column("segment_index").to_pylist() == [0, 1, 2]
+    assert feats.column("start_s").to_pylist() == pytest.approx([0.0, 3.0, 6.0])
+    assert feats.column("num_frames").to_pylist() == [298, 298, 148]
+    assert len(set(feats.column("clip_id").to_pylist())) == 3
+    merge = FeatureConfig(segment_s=3.0, min_segment_s=2.0)
+    feats, _ = featurize_table(read_manifest(str(tmp_path / "m.csv")).slice(0, 1), merge)
+    assert feats.column("duration_s").to_pylist() == pytest.approx([3.0, 4.5])
