@@ -15,8 +15,8 @@ def test_csv_jsonl_parquet_and_directory_inputs_agree(tmp_path):
         (tmp_path / "a" / name).write_bytes(b"")
     (tmp_path / "m.csv").write_text("path,label\na/x.wav,01\na/y.flac,02\n")
     (tmp_path / "m.jsonl").write_text(
-        "\n".join(json.dumps({"path": p, "label": l})
-                  for p, l in [("a/x.wav", "01"), ("a/y.flac", "02")]))
+        "\n".join(json.dumps({"path": p, "label": lab})
+                  for p, lab in [("a/x.wav", "01"), ("a/y.flac", "02")]))
     pq.write_table(pa.table({"path": ["a/x.wav", "a/y.flac"], "label": ["01", "02"]}),
                    tmp_path / "m.parquet")
     tables = [read_manifest(str(tmp_path / f)) for f in ("m.csv", "m.jsonl", "m.parquet")]
