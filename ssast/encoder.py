@@ -64,7 +64,9 @@ class SpectrogramEncoder(nn.Module):
     def extra_tokens(self, batch_size: int) -> torch.Tensor:
         """(B, C, D) cls (and dist) tokens."""
         tokens = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
-        return torch.cat(tokens, dim=1).expand(batch_size, -1, -1)
+        # Expand before concatenating: each token's gradient is then a reduced, contiguous
+        # tensor (DDP warns about strided gradient views otherwise).
+        return torch.cat([t.expand(batch_size, -1, -1) for t in tokens], dim=1)
 
     def forward_tokens(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """Run the transformer on embedded (possibly masked) patches.

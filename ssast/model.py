@@ -130,6 +130,18 @@ class SSAST(nn.Module):
         loss = nce + self.cfg.generative_weight * mse
         return {"loss": loss, "nce": nce.detach(), "mse": mse.detach(), "acc": acc}
 
+    def forward(
+        self,
+        fbank: torch.Tensor,
+        mask_index: torch.Tensor | None = None,
+        num_masked: int | None = None,
+        two_pass: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The pretraining model's forward is its loss (:meth:`pretrain_loss`), so that
+        DistributedDataParallel, which synchronises gradients through ``forward``, works."""
+        return self.pretrain_loss(fbank, mask_index, num_masked, two_pass, generator)
+
     def reconstruct(self, fbank: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
         """Generative-head output for the masked patches, (B, M, P), for pictures and probes."""
         self._check_input(fbank)

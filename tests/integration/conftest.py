@@ -46,7 +46,9 @@ def ray_session(s3_endpoint):
     stages must not starve each other (shared/reference/ray-notes.md, 2-core deadlock)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "4"}})
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = 120
     yield ray
     ray.shutdown()

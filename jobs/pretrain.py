@@ -1,0 +1,50 @@
+"""Pretrain an SSAST encoder with masked spectrogram patch modelling on Ray Train.
+
+Local (starts a local Ray when none is reachable):
+    python jobs/pretrain.py --data data/features --output runs/pretrain \
+        model.size=tiny train.max_steps=200
+On a cluster:
+    ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- \
+        python jobs/pretrain.py --config jobs/configs/pretrain_base_patch.yaml \
+        --data s3://bucket/features/v1 --output s3://bucket/ssast/pretrain \
+        scaling.num_workers=16 scaling.use_gpu=true
+
+--data is a featurized dataset directory (jobs/featurize.py) or a manifest / audio
+directory (featurized on the fly). Rerunning with the same --output and name resumes
+from the latest checkpoint. The final encoder lands in OUTPUT/final/ (ours and the
+released SSAST layout) and in the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/pretrain.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.common import config_parser, init_ray, resolve_config, setup_logging
+from jobs.pretrain_config import PretrainConfig
+from jobs.pretraining import NonFiniteLossError, describe, run_pretraining
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = config_parser(__doc__)
+    ap.add_argument("--data", required=True, help="featurized dataset dir, or a manifest")
+    ap.add_argument("--output", required=True, help="storage for checkpoints (local, s3://)")
+    ap.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    cfg = resolve_config(PretrainConfig, args)
+    init_ray(args.num_cpus)
+    try:
+        result = run_pretraining(args.data, args.output, cfg)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(describe(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

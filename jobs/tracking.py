@@ -1,0 +1,96 @@
+"""MLflow helpers shared by the jobs: where runs go, resumable runs, the model registry."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from jobs.common import ROOT
+
+logger = logging.getLogger(__name__)
+
+RUN_KEY_TAG = "ssast.run_key"
+"""Tag identifying a job run across restarts: <storage>/<name>."""
+
+
+def default_tracking_uri() -> str:
+    """A local SQLite store under <project>/mlruns (artifacts beside it), unless
+    MLFLOW_TRACKING_URI is set."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    (ROOT / "mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return (f".venv/bin/mlflow ui --backend-store-uri {uri} "
+            f"--default-artifact-root {ROOT / 'mlruns' / 'artifacts'} --port 5000")
+
+
+def start_run(uri: str, experiment: str, run_name: str, run_key: str,
+              params: dict[str, Any]) -> str:
+    """Create the job's MLflow run, or reuse the unfinished one of the same run key.
+
+    Returns:
+        The run id (the workers log into it).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if not uri.startswith(("http://", "https://", "databricks")):
+            location = (ROOT / "mlruns" / "artifacts").as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found and found[0].info.status != "FINISHED":
+        logger.info("continuing MLflow run %s (%s)", found[0].info.run_id, run_key)
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_KEY_TAG: run_key})
+    for chunk in _chunks(list(params.items()), 100):
+        client.log_batch(run.info.run_id,
+                         params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in chunk])
+    return run.info.run_id
+
+
+def register_encoder(uri: str, run_id: str, checkpoint: Path, name: str) -> str:
+    """Log the encoder as an MLflow pyfunc (``predict`` = clip embeddings) and register it.
+
+    Returns:
+        The registered model version.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=str(ROOT / "jobs" / "mlflow_encoder.py"),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(ROOT / "ssast")],
+            pip_requirements=_requirements(),
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "timm", "numpy")]
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
