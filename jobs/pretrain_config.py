@@ -40,6 +40,9 @@ class DataSection:
     """Use only the first N rows (smoke runs)."""
     prefetch_batches: int = 2
     """Batches each worker prepares ahead of the step."""
+    cache_mb: int = 2048
+    """Prepare data sets up to this size (as float32 model input) once, in Ray's object
+    store, instead of reading them again for every pass."""
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer < 0:
@@ -115,6 +118,8 @@ class ScalingSection:
     """CPUs reserved per worker."""
     max_failures: int = 3
     """Worker-group restarts (from the last checkpoint) before the run fails."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. {"gpu_a100": 1} to pin a node group."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:

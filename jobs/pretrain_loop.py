@@ -18,6 +18,7 @@ import torch
 
 from jobs.pretrain_config import OptimSection, PretrainConfig
 from pipeline.config import build
+from pipeline.schema import write_json
 from ssast import SSAST, SSASTConfig
 from ssast.checkpoint import checkpoint_payload
 
@@ -69,7 +70,7 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Opt
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": PretrainConfig dict, "model": SSASTConfig
-    dict, "norm": {...}, "mlflow": {"uri", "run_id"}}."""
+    dict, "mlflow": {"uri", "run_id"}, "nonfinite_marker": path}."""
     import ray.train
     import ray.train.torch
 
@@ -91,6 +92,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         logger.info("start at step %d of %d, %d worker(s) on %s", step, cfg.train.max_steps,
                     world, device)
+        if step:
+            tracker.log({"resumed_from_step": step}, step)
 
     sums = dict.fromkeys(METRIC_KEYS, 0.0)
     interval_start, wait, steps_in_interval = time.perf_counter(), 0.0, 0
@@ -111,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for k in METRIC_KEYS:
                 sums[k] += float(out[k].detach()) / cfg.optim.accumulate
         if not _all_finite(out["loss"].detach(), world):
-            _report_nonfinite(step, lr, rank)
+            _report_nonfinite(step, lr, rank, config["nonfinite_marker"])
             return
         if cfg.optim.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
@@ -172,12 +175,18 @@ def _interval_metrics(sums: dict[str, float], steps: int, world: int, device) ->
     return dict(zip(METRIC_KEYS, values.tolist(), strict=True))
 
 
-def _report_nonfinite(step: int, lr: float, rank: int) -> None:
+def _report_nonfinite(step: int, lr: float, rank: int, marker: str) -> None:
+    """Stop cleanly (no retries, no checkpoint) and leave the reason for the driver.
+
+    Ray Train's result only carries the metrics of the last checkpoint, so rank 0 writes
+    a small JSON marker into the run's storage; the driver turns it into the error.
+    """
     import ray.train
 
     if rank == 0:
         logger.error("non-finite loss at step %d (lr %.3g); stopping, last checkpoint kept",
                      step + 1, lr)
+        write_json(marker, {"step": step + 1, "lr": lr})
     ray.train.report({"nonfinite_step": step + 1, "nonfinite_lr": lr, "step": step})
 
 
@@ -243,7 +252,8 @@ class _Tracker:
         names = {"loss": "train/loss", "nce": "train/loss_nce", "mse": "train/loss_mse",
                  "acc": "train/accuracy", "lr": "train/lr", "samples_per_s":
                  "perf/samples_per_s", "ms_per_step": "perf/ms_per_step",
-                 "data_wait_fraction": "perf/data_wait_fraction"}
+                 "data_wait_fraction": "perf/data_wait_fraction",
+                 "resumed_from_step": "train/resumed_from_step"}
         entities = [self.mlflow.entities.Metric(names[k], float(v), int(time.time() * 1000),
                                                 step) for k, v in metrics.items() if k in names]
         self.client.log_batch(self.run_id, metrics=entities)

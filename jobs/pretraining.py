@@ -20,7 +20,7 @@ from pipeline.batches import Normalization, to_model_input
 from pipeline.config import flatten, to_dict
 from pipeline.features import FeatureConfig
 from pipeline.featurize import stream_features
-from pipeline.schema import NORMALIZATION_PRESETS, load_dataset_info
+from pipeline.schema import NORMALIZATION_PRESETS, load_dataset_info, read_json
 from ssast import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("pretrain")
@@ -81,7 +81,14 @@ def training_dataset(data: str, cfg: PretrainConfig):
                               fn_kwargs={"target_frames": cfg.model.input_tdim, "norm": norm})
 
     ds = one_pass(t.seed)
-    if passes > 1:
+    size_mb = (num_rows or 0) * cfg.model.input_tdim * F * 4 / 2**20
+    if num_rows is not None and size_mb <= cfg.data.cache_mb:
+        # Small data: prepare it once in the object store; every pass is a reshuffled
+        # view of those blocks instead of a new read.
+        ds = ds.materialize()
+        if passes > 1:
+            ds = ds.union(*(ds.randomize_block_order(seed=t.seed + k) for k in range(1, passes)))
+    elif passes > 1:
         ds = ds.union(*(one_pass(t.seed + k) for k in range(1, passes)))
     return ds, norm, F
 
@@ -115,13 +122,17 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
     params = flatten(to_dict(cfg)) | {"data": data, "storage": storage,
                                       "norm.mean": norm.mean, "norm.std": norm.std}
     run_id = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{storage}/{cfg.name}", params)
+    marker = f"{storage}/{cfg.name}/_nonfinite.json"
+    _remove(marker)  # a rerun after fixing the cause starts clean
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "model": model_cfg.to_dict(),
-                           "mlflow": {"uri": uri, "run_id": run_id}},
+                           "mlflow": {"uri": uri, "run_id": run_id},
+                           "nonfinite_marker": marker},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker}),
+                                     resources_per_worker={"CPU": s.cpus_per_worker,
+                                                           **s.worker_resources}),
         run_config=RunConfig(
             name=cfg.name, storage_path=storage,
             failure_config=FailureConfig(max_failures=s.max_failures),
@@ -131,13 +142,14 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})
-    if "nonfinite_step" in metrics:
+    stopped = read_json(marker)
+    if stopped is not None:
         _end_run(uri, run_id, "FAILED")
         last = result.checkpoint.path if result.checkpoint else "none"
         raise NonFiniteLossError(
-            f"loss became NaN/inf at step {metrics['nonfinite_step']} "
-            f"(lr {metrics['nonfinite_lr']:.3g}); last good checkpoint: {last}. Lower optim.lr, "
-            "set optim.grad_clip_norm, or check the data statistics"
+            f"loss became NaN/inf at step {stopped['step']} (lr {stopped['lr']:.3g}); last "
+            f"good checkpoint: {last}. Lower optim.lr, set optim.grad_clip_norm, or check "
+            "the data statistics"
         )
     final_dir = f"{storage}/final"
     version = _export_final(result.checkpoint, final_dir, cfg, uri, run_id)
@@ -175,6 +187,12 @@ def _end_run(uri: str, run_id: str, status: str) -> None:
 
     mlflow.set_tracking_uri(uri)
     mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+def _remove(path: str) -> None:
+    fs, p = fsspec.core.url_to_fs(path)
+    if fs.exists(p):
+        fs.rm(p)
 
 
 def _exists(path: str) -> bool:

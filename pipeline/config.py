@@ -103,11 +103,20 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
         if value not in args:
             raise ValueError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: {key} must be a mapping, got {value!r}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ValueError(f"{where}: {key} must be a list, got {value!r}")
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, key, where) for v in value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):

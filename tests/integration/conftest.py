@@ -59,3 +59,46 @@ def sample_corpus(tmp_path_factory):
     """(manifest, number of good clips) of a small generated corpus with broken files."""
     root = tmp_path_factory.mktemp("sample")
     return write_corpus(root, num_clips=28, duration_s=(1.0, 3.0), seed=11), 28
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, proxied artifacts)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+           str(port), "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("mlflow server did not become healthy within 90 s")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def featurized(ray_session, sample_corpus, tmp_path_factory):
+    """The sample corpus featurized once: (dataset dir, number of rows)."""
+    from pipeline.featurize import FeaturizeConfig, featurize
+
+    manifest, good = sample_corpus
+    out = tmp_path_factory.mktemp("featurized") / "ds"
+    featurize(str(manifest), str(out), FeaturizeConfig(clips_per_shard=8))
+    return str(out), good

@@ -1,0 +1,132 @@
+"""Pretraining on a real local Ray with a real MLflow server: tracking, resume, S3, NaN."""
+
+import math
+
+import mlflow
+import pytest
+import torch
+
+from jobs.pretrain_config import PretrainConfig
+from jobs.pretraining import run_pretraining
+from pipeline.config import load_config
+from ssast import load_checkpoint, load_original_checkpoint
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+FAST = ["model.input_tdim=256", "model.num_masked=100", "train.batch_size=4",
+        "train.log_every=5", "train.checkpoint_every=10", "train.image_every=10",
+        "optim.warmup_steps=3", "scaling.cpus_per_worker=1"]
+
+
+def pretrain_config(tracking_uri: str, overrides: list[str]) -> PretrainConfig:
+    return load_config(PretrainConfig, None,
+                       FAST + [f"mlflow.tracking_uri={tracking_uri}"] + overrides)
+
+
+def run(data: str, storage: str, cfg: PretrainConfig):
+    return run_pretraining(data, storage, cfg)
+
+
+def final_state(storage: str) -> dict:
+    return torch.load(f"{storage}/final/ssast.pt", map_location="cpu", weights_only=True)
+
+
+def adam_steps(storage: str, step: int) -> int:
+    import glob
+
+    [path] = glob.glob(f"{storage}/*/step_{step:08d}/state.pt")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(next(iter(state["optimizer"]["state"].values()))["step"])
+
+
+def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_server, tmp_path):
+    data, _ = featurized
+    storage = str(tmp_path / "run")
+    cfg = pretrain_config(mlflow_server, ["scaling.num_workers=2", "data.limit=8",
+                                          "train.max_steps=30", "optim.lr=1e-3"])
+    result = run(data, storage, cfg)
+    assert result.steps == 30
+
+    client = mlflow.MlflowClient(mlflow_server)
+    run_info = client.get_run(result.mlflow_run_id)
+    assert run_info.data.params["model.size"] == "tiny"
+    assert run_info.data.params["scaling.num_workers"] == "2"
+    losses = [m.value for m in client.get_metric_history(result.mlflow_run_id, "train/loss")]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.2, losses  # a short overfit on 8 clips
+    for key in ("train/loss_nce", "train/loss_mse", "train/accuracy", "train/lr",
+                "perf/samples_per_s", "perf/data_wait_fraction"):
+        assert key in run_info.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert {"config.yaml", "final", "pictures"} <= artifacts
+    version = client.get_model_version("ssast-tiny-patch", result.model_version)
+    assert version.run_id == result.mlflow_run_id
+    model = load_original_checkpoint(f"{storage}/final/ssast_original.pth")
+    assert model.cfg.input_tdim == 256
+
+    # A second invocation with the same name continues from the last checkpoint.
+    cfg2 = pretrain_config(mlflow_server, ["scaling.num_workers=2", "data.limit=8",
+                                           "train.max_steps=40", "optim.lr=1e-3"])
+    again = run(data, storage, cfg2)
+    assert again.steps == 40
+    assert adam_steps(storage, 40) == 40  # optimizer state restored, not restarted
+    steps = [m.step for m in client.get_metric_history(again.mlflow_run_id, "train/loss")]
+    assert steps == [35, 40]
+    assert isinstance(load_checkpoint(f"{storage}/final/ssast.pt").cfg.size, str)
+
+
+def test_checkpoints_to_s3(featurized, mlflow_server, s3_endpoint):
+    import boto3
+
+    data, _ = featurized
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="ckpt")
+    cfg = pretrain_config(mlflow_server, ["train.max_steps=10", "name=s3run"])
+    result = run(data, "s3://ckpt/pretrain", cfg)
+    assert result.steps == 10
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint)
+            .list_objects_v2(Bucket="ckpt")["Contents"]}
+    assert "pretrain/s3run/step_00000010/state.pt" in keys
+    assert "pretrain/final/ssast_original.pth" in keys
+
+
+def test_non_finite_loss_stops_with_step_and_lr_and_keeps_last_checkpoint(
+        featurized, mlflow_server, tmp_path):
+    from jobs.pretraining import NonFiniteLossError
+
+    data, _ = featurized
+    storage = str(tmp_path / "run")
+    run(data, storage, pretrain_config(mlflow_server, ["train.max_steps=10"]))
+    # Continue the run with an infinite learning rate: the first update makes every
+    # weight NaN, so the loss of step 12 is NaN.
+    blown = pretrain_config(mlflow_server, ["train.max_steps=20", "optim.lr=.inf",
+                                            "optim.schedule=constant"])
+    with pytest.raises(NonFiniteLossError, match=r"step 12 \(lr inf\)") as err:
+        run(data, storage, blown)
+    assert "step_00000010" in str(err.value)
+    assert adam_steps(storage, 10) == 10  # the last good checkpoint is still there
+
+
+def test_losing_a_node_resumes_from_the_last_checkpoint(featurized, mlflow_server, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data, _ = featurized
+    storage = str(tmp_path / "run")
+    script = Path(__file__).with_name("multinode_fault.py")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script), data, storage, mlflow_server],
+                          cwd=root, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 40 and "replaced_at" in out
+    client = mlflow.MlflowClient(mlflow_server)
+    resumed = client.get_metric_history(out["run_id"], "train/resumed_from_step")
+    assert [m.value for m in resumed] == [10.0]  # restarted once, from the first checkpoint
+    steps = [m.step for m in client.get_metric_history(out["run_id"], "train/loss")]
+    assert steps[-1] == 40 and sorted(set(steps)) == list(range(5, 45, 5))
+    redone = [s for s in steps if s > 10]
+    assert len(redone) - len(set(redone)) <= 10 // 5  # at most one checkpoint interval again
+    assert adam_steps(storage, 40) == 40  # optimizer state carried across the restart
