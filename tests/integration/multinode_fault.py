@@ -29,25 +29,40 @@ ray.init(address=cluster.address,
 events = {}
 
 
-def chaos() -> None:
-    while not glob.glob(f"{storage}/fault/step_00000010/state.pt"):
-        time.sleep(0.1)
-    time.sleep(3)  # let the controller register the reported checkpoint (2 s health poll)
-    cluster.remove_node(trainer_node, allow_graceful=False)
-    events["removed_at"] = time.time()
-    time.sleep(2)
-    cluster.add_node(num_cpus=2, resources={"trainer": 2})
-    events["replaced_at"] = time.time()
-
-
-threading.Thread(target=chaos, daemon=True).start()
 cfg = load_config(PretrainConfig, None, [
     "model.input_tdim=256", "model.num_masked=100", "train.batch_size=4", "train.log_every=5",
     "train.checkpoint_every=10", "train.image_every=0", "optim.warmup_steps=3",
     "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
     "train.max_steps=40", "name=fault", f"mlflow.tracking_uri={uri}", "data.limit=8",
 ])
-result = run_pretraining(data, storage, cfg)
+outcome = {}
+
+
+def train() -> None:
+    try:
+        outcome["result"] = run_pretraining(data, storage, cfg)
+    except BaseException as err:  # reported by the main thread
+        outcome["error"] = err
+
+
+# Training runs in a thread: Cluster.add_node must be called from the main thread.
+worker = threading.Thread(target=train, daemon=True)
+worker.start()
+while not glob.glob(f"{storage}/fault/step_00000010/state.pt"):
+    if not worker.is_alive():
+        break
+    time.sleep(0.1)
+if worker.is_alive():
+    time.sleep(3)  # let the controller register the reported checkpoint (2 s health poll)
+    cluster.remove_node(trainer_node, allow_graceful=False)
+    events["removed_at"] = time.time()
+    time.sleep(2)
+    cluster.add_node(num_cpus=2, resources={"trainer": 2})
+    events["replaced_at"] = time.time()
+worker.join()
+if "error" in outcome:
+    raise outcome["error"]
+result = outcome["result"]
 print(json.dumps({"steps": result.steps, "run_id": result.mlflow_run_id, **events}))
 ray.shutdown()
 cluster.shutdown()

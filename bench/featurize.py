@@ -1,0 +1,158 @@
+"""Featurization throughput: original-style loop vs our featurizer vs the Ray Data job.
+
+    .venv/bin/python bench/featurize.py               # 64 clips of 10 s, 44.1 kHz FLAC
+    .venv/bin/python bench/featurize.py --clips 128 --grow 10
+
+Over the same generated set, in one run:
+(a) the original SSAST loader's per-clip work in a loop, one core: decode (soundfile;
+    torchaudio.load needs FFmpeg/torchcodec here), torchaudio.functional.resample to
+    16 kHz, mean removal, torchaudio.compliance.kaldi.fbank, pad/crop to 1024, normalise;
+(b) our featurizer function (pipeline.clips.featurize_table) on one core: fetch, decode,
+    soxr resample, batched fbank, Arrow rows;
+(c) the full Ray Data job (pipeline.featurize.featurize) on all cores, writing Parquet.
+Then (c) again on a set --grow times larger, to compare peak memory (sum of RSS over
+the driver and all Ray processes, sampled every 0.2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import soundfile as sf
+import torch
+import torchaudio
+from torchaudio.compliance import kaldi
+
+from pipeline.clips import featurize_table
+from pipeline.features import FeatureConfig
+from pipeline.featurize import FeaturizeConfig, featurize
+from pipeline.manifest import read_manifest
+from pipeline.synth import write_corpus
+
+FLAC_44K = (("flac", "FLAC", "PCM_16"),)
+
+
+def make_set(root: Path, clips: int, seed: int) -> Path:
+    return write_corpus(root, num_clips=clips, duration_s=(10.0, 10.0), seed=seed,
+                        broken=False, rates_hz=(44100,), formats=FLAC_44K)
+
+
+def original_loop(uris: list[str]) -> float:
+    """(a): seconds for the original loader's work on every clip, one thread."""
+    start = time.perf_counter()
+    for uri in uris:
+        samples, rate = sf.read(uri, dtype="float32", always_2d=True)
+        wave = torch.from_numpy(samples.T.copy())
+        wave = torchaudio.functional.resample(wave, rate, 16000)
+        wave = wave - wave.mean()
+        fb = kaldi.fbank(wave, htk_compat=True, sample_frequency=16000, use_energy=False,
+                         window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, max(0, 1024 - fb.shape[0])))[:1024]
+        _ = (fb + 4.2677393) / (2 * 4.5689974)
+    return time.perf_counter() - start
+
+
+def our_function(manifest: Path) -> float:
+    """(b): seconds for featurize_table over the whole manifest, one thread."""
+    rows = read_manifest(str(manifest))
+    start = time.perf_counter()
+    for k in range(0, rows.num_rows, 16):
+        featurize_table(rows.slice(k, 16), FeatureConfig())
+    return time.perf_counter() - start
+
+
+class PeakRss:
+    """Peak of the summed RSS of this process and all its descendants."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def ray_job(manifest: Path, out: Path) -> tuple[float, int]:
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        featurize(str(manifest), str(out), FeaturizeConfig(clips_per_shard=8))
+        elapsed = time.perf_counter() - start
+    return elapsed, rss.peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--grow", type=int, default=10)
+    ap.add_argument("--out", default="bench/results/featurize.json")
+    args = ap.parse_args()
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        small = make_set(tmp / "small", args.clips, seed=1)
+        large = make_set(tmp / "large", args.clips * args.grow, seed=2)
+        uris = read_manifest(str(small)).column("uri").to_pylist()
+        torch.set_num_threads(1)
+        original_loop(uris[:4])  # warm-up (imports, kernels)
+        our_function(small)
+        t_a = original_loop(uris)
+        t_b = our_function(small)
+        torch.set_num_threads(os.cpu_count() or 1)
+        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray_job(small, tmp / "warm")  # start worker processes once
+        t_c, peak_small = ray_job(small, tmp / "out_small")
+        t_c_large, peak_large = ray_job(large, tmp / "out_large")
+        ray.shutdown()
+    n = args.clips
+    result = {
+        "clips": n, "clip_seconds": 10.0, "source": "44.1 kHz FLAC", "cpus": os.cpu_count(),
+        "a_original_loop_clips_per_s_per_core": n / t_a,
+        "b_our_function_clips_per_s_one_core": n / t_b,
+        "c_ray_job_clips_per_s_all_cores": n / t_c,
+        "c_ray_job_large_clips_per_s": n * args.grow / t_c_large,
+        "b_over_a": t_a / t_b,
+        "c_over_b": t_b / t_c,
+        "peak_rss_mib_small": peak_small / 2**20,
+        "peak_rss_mib_large": peak_large / 2**20,
+        "peak_growth": peak_large / peak_small,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"{n} clips of 10 s, 44.1 kHz FLAC, {os.cpu_count()} cpus")
+    print(f"(a) original-style loop, 1 core   {n / t_a:8.1f} clips/s")
+    print(f"(b) our featurizer, 1 core        {n / t_b:8.1f} clips/s   {t_a / t_b:.2f}x (a)")
+    print(f"(c) Ray Data job, all cores       {n / t_c:8.1f} clips/s   {t_b / t_c:.2f}x (b)")
+    print(f"(c) on {args.grow}x the input          {n * args.grow / t_c_large:8.1f} clips/s")
+    print(f"peak RSS (c): {peak_small / 2**20:.0f} MiB -> {peak_large / 2**20:.0f} MiB on "
+          f"{args.grow}x input ({peak_large / peak_small:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
