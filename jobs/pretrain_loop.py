@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -134,7 +135,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_wait_fraction": wait / elapsed,
         })
         sched.observe(metrics["acc"])
-        _report(metrics, model, opt, sched, step, cfg, config["model"], rank, tracker, x, gen)
+        if rank == 0:
+            _log_interval(tracker, metrics, step, cfg, model, x, gen)
+        _report(metrics, step, cfg, rank, partial(_state, model, opt, sched, step, cfg))
         sums = dict.fromkeys(METRIC_KEYS, 0.0)
         interval_start, wait, steps_in_interval = time.perf_counter(), 0.0, 0
 
@@ -190,29 +193,38 @@ def _report_nonfinite(step: int, lr: float, rank: int, marker: str) -> None:
     ray.train.report({"nonfinite_step": step + 1, "nonfinite_lr": lr, "step": step})
 
 
-def _report(metrics, model, opt, sched, step, cfg, model_cfg, rank, tracker, x, gen) -> None:
+def _log_interval(tracker: _Tracker, metrics: dict, step: int, cfg: PretrainConfig,
+                  model: SSAST, x: torch.Tensor, gen: torch.Generator) -> None:
+    """Rank 0: the compact log line, MLflow metrics and, when due, a picture."""
+    logger.info("step %6d  loss %.4f  nce %.4f  mse %.4f  acc %.3f  lr %.2e  %5.0f ms/step"
+                "  %6.2f samples/s  wait %.1f%%", step, metrics["loss"], metrics["nce"],
+                metrics["mse"], metrics["acc"], metrics["lr"], metrics["ms_per_step"],
+                metrics["samples_per_s"], 100 * metrics["data_wait_fraction"])
+    tracker.log(metrics, step)
+    if cfg.train.image_every and step % cfg.train.image_every < cfg.train.log_every:
+        tracker.picture(model, x[:1], gen, step)
+
+
+def _report(metrics: dict, step: int, cfg: PretrainConfig, rank: int, state) -> None:
+    """Every rank reports; rank 0 attaches a checkpoint (``state()``) when one is due."""
     import ray.train
 
     due = step % cfg.train.checkpoint_every < cfg.train.log_every or step == cfg.train.max_steps
-    if rank == 0:
-        logger.info("step %6d  loss %.4f  nce %.4f  mse %.4f  acc %.3f  lr %.2e  %5.0f ms/step"
-                    "  %6.2f samples/s  wait %.1f%%", step, metrics["loss"], metrics["nce"],
-                    metrics["mse"], metrics["acc"], metrics["lr"], metrics["ms_per_step"],
-                    metrics["samples_per_s"], 100 * metrics["data_wait_fraction"])
-        tracker.log(metrics, step)
-        if cfg.train.image_every and step % cfg.train.image_every < cfg.train.log_every:
-            tracker.picture(model, x[:1], gen, step)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if due and rank == 0:
-            state = checkpoint_payload(model, extra={
-                "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "step": step,
-                "torch_rng": torch.get_rng_state(), "run_config": cfg_dict(cfg),
-            })
-            torch.save(state, os.path.join(tmp, STATE_FILE))
+            torch.save(state(), os.path.join(tmp, STATE_FILE))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"step_{step:08d}" if checkpoint else None)
+
+
+def _state(model: SSAST, opt, sched: LrSchedule, step: int, cfg: PretrainConfig) -> dict:
+    """Everything a resume needs, in our checkpoint format (loadable by load_checkpoint)."""
+    return checkpoint_payload(model, extra={
+        "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "step": step,
+        "torch_rng": torch.get_rng_state(), "run_config": cfg_dict(cfg),
+    })
 
 
 def cfg_dict(cfg: PretrainConfig) -> dict:
