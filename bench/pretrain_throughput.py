@@ -17,19 +17,22 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import mlflow
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the jobs/ package
 
-from jobs.pretrain_config import PretrainConfig
-from jobs.pretraining import run_pretraining
-from pipeline.config import load_config
-from pipeline.featurize import FeaturizeConfig, featurize
-from pipeline.synth import write_corpus
-from ssast import SSAST, SSASTConfig
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+from jobs.pretrain_config import PretrainConfig  # noqa: E402
+from jobs.pretraining import run_pretraining  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.featurize import FeaturizeConfig, featurize  # noqa: E402
+from pipeline.synth import write_corpus  # noqa: E402
+from ssast import SSAST, SSASTConfig  # noqa: E402
 
 
 def bare_step(batch: int, frames: int, masked: int, threads: int, steps: int) -> float:

@@ -101,7 +101,7 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
             logger.exception("unexpected error featurizing %s", uri)
             _add_error(errors, rows, i, "internal", f"{type(err).__name__}: {err}")
 
-    fbanks = extractor_for(cfg)(waves) if waves else []
+    fbanks = extractor_for(cfg)(waves, half=True) if waves else []
     features = _feature_table(rows.select(carried).take(pa.array(take, pa.int64())), meta,
                               fbanks, cfg)
     return features, pa.table({c: errors[c] for c in ERROR_COLUMNS},
@@ -143,7 +143,7 @@ def _feature_table(carried: pa.Table, meta: dict, fbanks: list[np.ndarray],
     F = cfg.num_mel_bins
     frames = np.array([f.shape[0] for f in fbanks], dtype=np.int32)
     flat = (np.concatenate([f.reshape(-1) for f in fbanks]) if fbanks
-            else np.zeros(0, np.float32)).astype(np.float16)
+            else np.zeros(0, np.float16))
     offsets = np.concatenate([[0], np.cumsum(frames.astype(np.int64) * F)]).astype(np.int32)
     columns = {
         "clip_id": pa.array(meta["clip_id"], pa.string()),

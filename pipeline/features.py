@@ -111,7 +111,10 @@ def prepare_waveform(samples: np.ndarray, sample_rate: int, cfg: FeatureConfig) 
         (n',) float32: channels mixed, resampled, DC removed, zero-padded to at least one
         analysis window (a clip shorter than 25 ms yields one frame instead of none).
     """
-    mono = samples.mean(axis=1) if cfg.channel_mix == "mean" else samples[:, 0]
+    if samples.shape[1] == 1 or cfg.channel_mix == "first":
+        mono = samples[:, 0]
+    else:
+        mono = samples.mean(axis=1)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if sample_rate != cfg.sample_rate_hz:
         mono = soxr.resample(mono, sample_rate, cfg.sample_rate_hz, quality=cfg.resample_quality)
@@ -173,14 +176,15 @@ class FbankExtractor:
         mel = torch.mm(power, self.banks_t, out=self._mel[:m])
         return mel.clamp_min_(self.eps).log_()
 
-    def __call__(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, waves: list[np.ndarray], half: bool = False) -> list[np.ndarray]:
         """Log-mel of each prepared waveform.
 
         Args:
             waves: mono float32 waveforms at the target rate, each >= one window long.
+            half: return float16 (the storage type; torch converts much faster than numpy).
 
         Returns:
-            One (m_i, F) float32 array per waveform.
+            One (m_i, F) float32 (or float16) array per waveform.
         """
         w, s, P = self.cfg.window_samples, self.cfg.shift_samples, self.frames_per_pass
         out = []
@@ -188,8 +192,10 @@ class FbankExtractor:
             samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
             m = 1 + (samples.numel() - w) // s
             frames = samples.as_strided((m, w), (s, 1))  # (m, window) view, snip_edges
-            result = np.empty((m, self.cfg.num_mel_bins), np.float32)
+            result = torch.empty((m, self.cfg.num_mel_bins),
+                                 dtype=torch.float16 if half else torch.float32)
             for a in range(0, m, P):
-                result[a : a + P] = self._logmel(frames[a : a + P]).numpy()
+                result[a : a + P] = self._logmel(frames[a : a + P])  # casts when half
+            result = result.numpy()
             out.append(result)
         return out

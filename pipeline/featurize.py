@@ -120,6 +120,9 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
         logger.info("featurizing %d of %d shards (%d already committed)", len(todo),
                     num_shards, len(done))
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        # One operator only: Ray Data's per-operator reservation would keep half the CPUs
+        # idle on small clusters (one shard task at a time on 2 CPUs).
+        ds.context.op_resource_reservation_enabled = False
         ds = ds.map_batches(
             _process_shards, batch_size=1, num_cpus=cfg.num_cpus_per_task,
             fn_kwargs={"manifest": manifest, "cfg": cfg, "root": root},
