@@ -27,7 +27,7 @@ def mask_figure(model: SSAST, x: torch.Tensor, gen: torch.Generator):
     was_training = model.training
     model.eval()
     cfg = model.cfg
-    mask = model.sample_mask(1, generator=gen).to(x.device)
+    mask = model.sample_mask(1, generator=gen, device=x.device)
     patches = patchify(x, cfg.patch_shape, cfg.patch_stride)  # (1, N, P)
     dense = mask_to_bool(mask, cfg.num_patches)[..., None]  # (1, N, 1)
     masked = torch.where(dense, torch.full_like(patches, float(patches.min())), patches)

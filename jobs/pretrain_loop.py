@@ -85,7 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = make_optimizer(model, cfg.optim)
     sched = LrSchedule(cfg.optim, cfg.train.max_steps)
     step = _restore(model, opt, sched)
-    gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank * 104729 + step)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + rank * 104729 + step)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     tracker = _Tracker(config["mlflow"]) if rank == 0 else None
     batches = _batches(ray.train.get_dataset_shard("train"), cfg)
