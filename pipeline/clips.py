@@ -51,9 +51,9 @@ def fetch(uris: Sequence[str]) -> list[bytes | str]:
                 except OSError as err:
                     out[i] = f"{type(err).__name__}: {err.strerror or err}"
             continue
-        got = fs.cat([uris[i] for i in idx], on_error="return")
+        got = fs.cat([uris[i] for i in idx], on_error="return")  # keys lose the protocol
         for i in idx:
-            value = got.get(uris[i]) if uris[i] in got else got.get(fs._strip_protocol(uris[i]))
+            value = got.get(uris[i], got.get(fsspec.core.strip_protocol(uris[i])))
             out[i] = value if isinstance(value, bytes) else f"{type(value).__name__}: {value}"
     return out
 

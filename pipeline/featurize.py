@@ -75,7 +75,7 @@ class FeaturizeSummary:
     @property
     def error_fraction(self) -> float:
         total = self.info["num_inputs"]
-        return self.info["num_error_inputs"] / total if total else 0.0
+        return self.info["num_errors"] / total if total else 0.0
 
     def table(self) -> str:
         """A short human-readable summary."""
@@ -83,7 +83,7 @@ class FeaturizeSummary:
         lines = [
             f"dataset      {self.output}",
             f"inputs       {i['num_inputs']} ({i['num_ok_inputs']} ok, "
-            f"{i['num_error_inputs']} errors = {self.error_fraction:.1%})",
+            f"{i['num_errors']} errors = {self.error_fraction:.1%})",
             f"rows         {i['num_rows']} clips/segments, {i['hours']:.3f} h of audio",
             f"statistics   mean {i['mean']:.4f}, std {i['std']:.4f} over {i['num_frames']} frames",
         ]
@@ -195,7 +195,7 @@ def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,
         "shard": k,
         "num_inputs": rows.num_rows,
         "num_rows": features.num_rows,
-        "num_error_inputs": errors.num_rows,
+        "num_errors": errors.num_rows,
         "errors_by_reason": dict(Counter(errors.column("reason").to_pylist())),
         "num_frames": int(values.shape[0]),
         "seconds": float(np.sum(features.column("duration_s").to_numpy())),
@@ -206,7 +206,6 @@ def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,
 
 def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
                ) -> dict[str, Any]:
-    fs, p = fsspec.core.url_to_fs(f"{root}/_shards")
     stats = [read_json(f"{root}/_shards/part-{k:06d}.json") for k in range(num_shards)]
     missing = [k for k, s in enumerate(stats) if s is None]
     if missing:
@@ -223,13 +222,12 @@ def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: 
     reasons: Counter = Counter()
     for s in stats:
         reasons.update(s["errors_by_reason"])
-    num_err = sum(s["num_error_inputs"] for s in stats)
+    num_err = sum(s["num_errors"] for s in stats)
     return {
         "schema_version": SCHEMA_VERSION,
         "feature_config": cfg.features.to_dict(),
         "num_inputs": manifest.num_rows,
         "num_ok_inputs": manifest.num_rows - num_err,
-        "num_error_inputs": num_err,
         "num_errors": num_err,
         "errors_by_reason": dict(reasons),
         "num_rows": sum(s["num_rows"] for s in stats),
