@@ -45,3 +45,19 @@ def mask_figure(model: SSAST, x: torch.Tensor, gen: torch.Generator):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def confusion_figure(matrix, class_names: list[str]):
+    """A (K, K) confusion matrix (rows true, columns predicted) with counts."""
+    K = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * K, 0.8 + 0.6 * K))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(K), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(K), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -34,7 +34,7 @@ def ui_command(uri: str) -> str:
 
 
 def start_run(uri: str, experiment: str, run_name: str, run_key: str,
-              params: dict[str, Any]) -> str:
+              params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """Create the job's MLflow run, or reuse the unfinished one of the same run key.
 
     Returns:
@@ -57,7 +57,7 @@ def start_run(uri: str, experiment: str, run_name: str, run_key: str,
     if found and found[0].info.status != "FINISHED":
         logger.info("continuing MLflow run %s (%s)", found[0].info.run_id, run_key)
         return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_KEY_TAG: run_key})
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_KEY_TAG: run_key, **(tags or {})})
     for chunk in _chunks(list(params.items()), 100):
         client.log_batch(run.info.run_id,
                          params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in chunk])
@@ -70,13 +70,27 @@ def register_encoder(uri: str, run_id: str, checkpoint: Path, name: str) -> str:
     Returns:
         The registered model version.
     """
+    return _register(uri, run_id, checkpoint, name, "encoder", "mlflow_encoder.py")
+
+
+def register_classifier(uri: str, run_id: str, checkpoint: Path, name: str) -> str:
+    """Log a fine-tuned classifier as an MLflow pyfunc (``predict`` = logits), register it.
+
+    Returns:
+        The registered model version.
+    """
+    return _register(uri, run_id, checkpoint, name, "classifier", "mlflow_classifier.py")
+
+
+def _register(uri: str, run_id: str, checkpoint: Path, name: str, artifact: str,
+              code: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="encoder",
-            python_model=str(ROOT / "jobs" / "mlflow_encoder.py"),
+            name=artifact,
+            python_model=str(ROOT / "jobs" / code),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(ROOT / "ssast")],
             pip_requirements=_requirements(),

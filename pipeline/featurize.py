@@ -244,23 +244,31 @@ def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: 
 
 
 def stream_features(source: str | pa.Table, features: FeatureConfig, batch_size: int = 16,
-                    num_cpus: float = 1.0):
+                    num_cpus: float = 1.0, keep_errors: bool = False):
     """The same per-clip work as a lazy Ray Dataset of feature rows, nothing written.
 
     Bad clips are dropped from the stream and logged with their reason (the sharded job
-    is the place for a durable errors table).
+    is the place for a durable errors table), or, with ``keep_errors``, kept as rows
+    whose ``reason`` / ``detail`` columns are set (null for good rows, whose feature
+    columns are then set) so a consumer can write its own errors table.
     """
     import ray
 
     manifest = read_manifest(source) if isinstance(source, str) else source
-    return ray.data.from_arrow(manifest).map_batches(
+    # One block per batch so every CPU (or actor downstream) gets clips to work on.
+    blocks = [manifest.slice(k, batch_size) for k in range(0, manifest.num_rows, batch_size)]
+    return ray.data.from_arrow(blocks or manifest).map_batches(
         _stream_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus,
-        fn_kwargs={"features": features},
+        fn_kwargs={"features": features, "keep_errors": keep_errors},
     )
 
 
-def _stream_batch(rows: pa.Table, *, features: FeatureConfig) -> pa.Table:
+def _stream_batch(rows: pa.Table, *, features: FeatureConfig, keep_errors: bool) -> pa.Table:
     feats, errors = featurize_table(rows, features)
+    if keep_errors:
+        none = pa.nulls(feats.num_rows, pa.string())
+        feats = feats.append_column("reason", none).append_column("detail", none)
+        return pa.concat_tables([feats, errors], promote_options="default")
     for path, reason, detail in zip(errors.column("path").to_pylist(),
                                     errors.column("reason").to_pylist(),
                                     errors.column("detail").to_pylist(), strict=True):

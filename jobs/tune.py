@@ -1,0 +1,54 @@
+"""Search the fine-tuning recipe with Ray Tune (ASHA) on Ray Train trials.
+
+Local (starts a local Ray when none is reachable):
+    python jobs/tune.py --config jobs/configs/finetune_sample.yaml --data data/features \
+        --output runs/sweep --init runs/pretrain/final/ssast.pt --num-samples 8
+On a cluster:
+    ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- \
+        python jobs/tune.py --config jobs/configs/finetune_esc50_patch.yaml \
+        --data s3://bucket/features/esc50 --output s3://bucket/ssast/sweeps \
+        --init s3://bucket/ssast/pretrain/final/ssast.pt --num-samples 32 \
+        scaling.use_gpu=true tune.max_concurrent_trials=8
+
+Any fine-tuning config or recipe is the base; tune.search_space (dotted keys ->
+{loguniform|uniform|choice|randint: args}) says what varies. Each trial is a fine-tuning
+run (a child MLflow run under the sweep's parent run); ASHA stops weak trials after
+tune.grace_period epochs. The best trial's classifier goes to OUTPUT/best/model.pt and
+the model registry (tune.registered_model). Running the same command again after the
+driver died restores the sweep (same --output and name).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/tune.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.common import config_parser, init_ray, resolve_config, setup_logging
+from jobs.tune_config import TuneJobConfig
+from jobs.tuning import describe, run_tuning
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = config_parser(__doc__)
+    ap.add_argument("--data", required=True, help="featurized dataset directory")
+    ap.add_argument("--output", required=True, help="sweep storage (local, s3://)")
+    ap.add_argument("--init", help="scratch | CHECKPOINT | DIR | runs:/... | models:/...")
+    ap.add_argument("--num-samples", type=int, help="trials (tune.num_samples)")
+    ap.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    args = ap.parse_args(argv)
+    if args.init:
+        args.overrides = [*args.overrides, f"init={args.init}"]
+    if args.num_samples:
+        args.overrides = [*args.overrides, f"tune.num_samples={args.num_samples}"]
+    setup_logging()
+    cfg = resolve_config(TuneJobConfig, args)
+    init_ray(args.num_cpus)
+    print(describe(run_tuning(args.data, args.output, cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
