@@ -5,21 +5,29 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.finetune_config import FinetuneConfig
 from jobs.pretrain_config import PretrainConfig
+from jobs.tune_config import TuneJobConfig
 from pipeline.config import load_config
 from pipeline.featurize import FeaturizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+KINDS = {"featurize": (FeaturizeConfig,), "pretrain": (PretrainConfig,),
+         "finetune": (FinetuneConfig, TuneJobConfig), "tune": (TuneJobConfig,)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_loads(path):
-    kind = FeaturizeConfig if path.name.startswith("featurize") else PretrainConfig
-    cfg = load_config(kind, path)
-    if kind is PretrainConfig:
-        model = cfg.model.ssast_config()
-        assert model.num_masked <= model.num_patches
+    kinds = KINDS[path.name.split("_")[0].removesuffix(".yaml")]
+    for kind in kinds:
+        cfg = load_config(kind, path)
+        if kind is PretrainConfig:
+            model = cfg.model.ssast_config()
+            assert model.num_masked <= model.num_patches
+        if isinstance(cfg, FinetuneConfig):
+            model = cfg.model.ssast_config()
+            assert model.input_tdim >= model.patch_shape[1]
 
 
 def test_runtime_env_parses():
