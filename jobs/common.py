@@ -44,7 +44,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env)
+        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs
+        # to free a run's worker resources when its controller dies (a trial that Tune's
+        # ASHA stops); without it those CPUs stay reserved and later trials never start.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env)
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:

@@ -130,6 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {**train, **valid, "epoch": epoch,
                    "perf/samples_per_s": samples * world / elapsed}
         _update_selection(state, model, cfg, epoch, metrics[metric])
+        metrics[f"best/{metric}"] = state["best_metric"]
         state["epoch"] = epoch
         state["history"].append(metrics)
         if rank == 0:

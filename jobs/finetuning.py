@@ -190,30 +190,55 @@ def _load(path: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- the run
+@dataclass(frozen=True)
+class PreparedData:
+    """What every run on one dataset, length and label set shares: the dataset's
+    description, the task and the model-ready train / valid splits (Ray Datasets,
+    materialized in the object store when small)."""
+    info: DatasetInfo
+    task: dict[str, Any]
+    prepare: dict[str, Any]
+    datasets: dict[str, Any]
+
+
+def prepare_data(data: str, cfg: FinetuneConfig) -> PreparedData:
+    """Read the task and prepare the train / valid splits for ``cfg.model.input_tdim``."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    info = load_dataset_info(data)
+    task = read_task(info, cfg)
+    prepare = prepare_kwargs(task, cfg.model.input_tdim)
+    d = cfg.data
+    datasets = {name: split_dataset(info, cfg, split, prepare, task["rows"][split])
+                for name, split in (("train", d.train_split), ("valid", d.valid_split))}
+    return PreparedData(info, task, prepare, datasets)
+
+
 def run_finetuning(data: str, output: str, cfg: FinetuneConfig, *,
-                   parent_run_id: str | None = None, evaluate_test: bool = True,
-                   callbacks: list | None = None) -> FinetuneResult:
+                   prepared: PreparedData | None = None, parent_run_id: str | None = None,
+                   score_final: bool = True, callbacks: list | None = None) -> FinetuneResult:
     """Fine-tune on Ray Train; resumes when ``output/cfg.name`` has checkpoints.
 
     Writes OUTPUT/model.pt (the final classifier, with its task) and OUTPUT/metrics.json.
-    ``parent_run_id`` nests the MLflow run (Tune trials); ``callbacks`` go to Ray Train.
+    ``prepared`` reuses splits prepared by :func:`prepare_data` (Tune trials share them);
+    ``parent_run_id`` nests the MLflow run; ``score_final=False`` skips scoring the final
+    model on the test split (and the weight average on the valid split); ``callbacks`` go
+    to Ray Train.
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     output = output if "://" in output else os.path.abspath(output)
-    info = load_dataset_info(data)
-    task = read_task(info, cfg)
-    F = info.feature_config.num_mel_bins
-    clf = initial_model(cfg.init, cfg, F, len(task["class_names"]))
-    prepare = prepare_kwargs(task, clf.cfg.input_tdim)
+    prepared = prepared or prepare_data(data, cfg)
+    info, task, prepare = prepared.info, prepared.task, prepared.prepare
+    if prepare["target_frames"] != cfg.model.input_tdim:
+        raise ValueError(f"prepared data has {prepare['target_frames']} frames, the config "
+                         f"model.input_tdim={cfg.model.input_tdim}")
+    clf = initial_model(cfg.init, cfg, info.feature_config.num_mel_bins,
+                        len(task["class_names"]))
     d = cfg.data
-    datasets = {"train": split_dataset(info, cfg, d.train_split, prepare,
-                                       task["rows"][d.train_split]),
-                "valid": split_dataset(info, cfg, d.valid_split, prepare,
-                                       task["rows"][d.valid_split])}
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     params = flatten(to_dict(cfg)) | {"data": data, "output": output,
                                       "num_classes": len(task["class_names"]),
@@ -236,19 +261,19 @@ def run_finetuning(data: str, output: str, cfg: FinetuneConfig, *,
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=callbacks or []),
-        datasets=datasets,
+        datasets=prepared.datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     final, state = final_classifier(result.checkpoint, cfg)
-    payload = checkpoint_payload(final, extra={"task": _public(task), "epoch": state["epoch"]})
+    payload = checkpoint_payload(final, extra={"task": public_task(task), "epoch": state["epoch"]})
     metrics = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
                f"valid/{task['metric']}": state["best_metric"],
                "final": "average" if state["avg_count"] else "best"}
     ref, reports = ray.put(payload), {}
     splits = ([d.valid_split] if state["avg_count"] else []) + \
-        ([d.test_split] if evaluate_test and task["rows"][d.test_split] else [])
-    for split in splits:  # the average was never validated inside the loop
+        ([d.test_split] if task["rows"][d.test_split] else [])
+    for split in splits if score_final else []:  # the average was never validated
         name = "valid" if split == d.valid_split else "test"
         scores, targets = score_dataset(raw_split(info, cfg, split), ref, prepare,
                                         _eval_predict_config(cfg))
@@ -279,7 +304,7 @@ def _eval_predict_config(cfg: FinetuneConfig) -> PredictConfig:
                          use_gpu=s.use_gpu)
 
 
-def _public(task: dict) -> dict:
+def public_task(task: dict) -> dict:
     """The task description saved with the model (what prediction needs)."""
     keys = ("class_names", "multilabel", "label_column", "label_delimiter", "normalization",
             "loss", "metric")

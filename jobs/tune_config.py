@@ -39,9 +39,11 @@ class TuneSection:
     reduction_factor: int = 2
     """ASHA: keep the top 1/reduction_factor at each rung."""
     max_concurrent_trials: int | None = None
-    """Trials at once (None: as many as the cluster's resources allow)."""
-    trial_driver_cpus: float = 0.5
-    """CPUs of each trial's driver (it launches the trial's Ray Train workers)."""
+    """Trials at once. None: as many as the cluster's CPUs (GPUs) hold, counting each
+    trial's driver and its Ray Train workers."""
+    trial_driver_cpus: float = 0.1
+    """CPUs of each trial's driver (it only launches and watches the trial's Ray Train
+    workers; the sweep reads and prepares the data once, before the trials)."""
     max_failures: int = 1
     """Retries of a failed trial."""
     registered_model: str = "ssast-tuned"
@@ -63,6 +65,12 @@ class TuneSection:
                                  f"low < high, got {args!r}")
             if dist == "loguniform" and not args[0] > 0:
                 raise ValueError(f"tune.search_space.{key}: loguniform needs low > 0")
+            if key.startswith("data."):
+                raise ValueError(f"tune.search_space.{key}: the data section is fixed for a "
+                                 "sweep (every trial must see the same splits)")
+            if key == "model.input_tdim" and dist != "choice":
+                raise ValueError("tune.search_space.model.input_tdim must be a choice list: "
+                                 "the sweep prepares each length's data once, up front")
 
 
 @dataclass(frozen=True, kw_only=True)

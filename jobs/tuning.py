@@ -16,11 +16,16 @@ import pandas as pd
 import torch
 
 from jobs.finetune_config import FinetuneConfig
-from jobs.finetuning import final_classifier, read_task, run_finetuning
+from jobs.finetuning import (
+    PreparedData,
+    final_classifier,
+    prepare_data,
+    public_task,
+    run_finetuning,
+)
 from jobs.tracking import default_tracking_uri, register_classifier, start_run, ui_command
 from jobs.tune_config import TuneJobConfig, corners, sample_space
 from pipeline.config import build, flatten, to_dict
-from pipeline.schema import load_dataset_info
 from ssast.checkpoint import checkpoint_payload
 
 logger = logging.getLogger("tune")
@@ -52,18 +57,45 @@ def finetune_config(base: dict[str, Any], overrides: dict[str, Any]) -> Finetune
 
 
 def trial_main(config: dict[str, Any], *, base: dict[str, Any], data: str, output: str,
-               parent_run_id: str) -> None:
-    """One trial: the fine-tuning job with the trial's values, reporting every epoch to
-    Tune through Ray Train (TuneReportCallback)."""
+               prepared: dict[int, PreparedData], parent_run_id: str) -> None:
+    """One trial: the fine-tuning job with the trial's values on the sweep's prepared
+    splits, reporting every epoch to Tune through Ray Train (TuneReportCallback)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = finetune_config(base, config)
     cfg = replace(cfg, name=f"trial_{trial_id}",
-                  scaling=replace(cfg.scaling, max_failures=0))  # Tune retries the trial
-    run_finetuning(data, f"{output}/trials/{trial_id}", cfg, parent_run_id=parent_run_id,
-                   evaluate_test=False, callbacks=[TuneReportCallback()])
+                  scaling=replace(cfg.scaling, max_failures=0),  # Tune retries the trial
+                  mlflow=replace(cfg.mlflow, registered_model=None))  # the sweep registers
+    run_finetuning(data, f"{output}/trials/{trial_id}", cfg,
+                   prepared=prepared[cfg.model.input_tdim], parent_run_id=parent_run_id,
+                   score_final=False, callbacks=[TuneReportCallback()])
+
+
+def trial_lengths(cfg: TuneJobConfig) -> list[int]:
+    """The input lengths trials can use (the data is prepared once per length)."""
+    spec = cfg.tune.search_space.get("model.input_tdim")
+    return sorted(set(spec["choice"])) if spec else [cfg.model.input_tdim]
+
+
+def concurrent_trials(cfg: TuneJobConfig) -> int:
+    """tune.max_concurrent_trials, or as many trials as the cluster's CPUs (and GPUs)
+    hold, counting each trial's driver and its Ray Train workers."""
+    import ray
+
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    s, total = cfg.scaling, ray.cluster_resources()
+    per_trial = cfg.tune.trial_driver_cpus + s.num_workers * s.cpus_per_worker
+    fits = math.floor(total.get("CPU", 0) / per_trial + 1e-9)
+    if s.use_gpu:
+        fits = min(fits, math.floor(total.get("GPU", 0) / s.num_workers + 1e-9))
+    if fits < 1:
+        raise ValueError(f"a trial needs {per_trial:g} CPUs{' and GPUs' if s.use_gpu else ''} "
+                         f"(tune.trial_driver_cpus + scaling.num_workers x "
+                         f"scaling.cpus_per_worker); the cluster has {total}")
+    return fits
 
 
 def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
@@ -72,17 +104,18 @@ def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     from ray.tune.schedulers import ASHAScheduler
 
     output = output if "://" in output else os.path.abspath(output)
-    info = load_dataset_info(data)
-    task = read_task(info, cfg)  # validates data and labels before any trial starts
     for corner in corners(cfg.tune.search_space):
         finetune_config(to_dict(cfg), corner)  # every key and extreme value validates
+    prepared = {n: prepare_data(data, replace(cfg, model=replace(cfg.model, input_tdim=n)))
+                for n in trial_lengths(cfg)}  # also validates data and labels
+    task = next(iter(prepared.values())).task
     metric = f"valid/{task['metric']}"
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     parent = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{output}/{cfg.name}",
                        flatten(to_dict(cfg)) | {"data": data, "output": output})
     trainable = tune.with_resources(
         tune.with_parameters(trial_main, base=to_dict(cfg), data=data, output=output,
-                             parent_run_id=parent),
+                             prepared=prepared, parent_run_id=parent),
         {"CPU": cfg.tune.trial_driver_cpus})
     path = f"{output}/{cfg.name}"
     if tune.Tuner.can_restore(path):
@@ -94,7 +127,7 @@ def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
             trainable, param_space=sample_space(t.search_space),
             tune_config=tune.TuneConfig(
                 metric=metric, mode="max", num_samples=t.num_samples,
-                max_concurrent_trials=t.max_concurrent_trials,
+                max_concurrent_trials=concurrent_trials(cfg),
                 scheduler=ASHAScheduler(time_attr="training_iteration",
                                         max_t=cfg.train.max_epochs,
                                         grace_period=t.grace_period,
@@ -118,14 +151,14 @@ def _finish(results, metric: str, task: dict, cfg: TuneJobConfig, output: str, u
     if not ok:
         raise RuntimeError(f"no trial reported {metric}; first error: "
                            f"{errors[0] if errors else 'none'}")
-    best = max(ok, key=lambda r: _value(r.metrics[metric]))
+    # A trial's classifier is its best epoch (or its average), so rank trials by the best
+    # epoch's metric; every epoch's report carries that as best/<metric>.
+    best = max(ok, key=lambda r: _value(r.metrics.get(f"best/{metric}", r.metrics[metric])))
     model, _ = final_classifier(Checkpoint(best.metrics["checkpoint_path"]),
                                 finetune_config(to_dict(cfg), best.config))
-    from jobs.finetuning import _public
-
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.pt"
-        torch.save(checkpoint_payload(model, extra={"task": _public(task),
+        torch.save(checkpoint_payload(model, extra={"task": public_task(task),
                                                     "tune_config": best.config}), local)
         fs, root = fsspec.core.url_to_fs(f"{output}/best")
         fs.makedirs(root, exist_ok=True)
