@@ -104,8 +104,8 @@ def raw_split(info: DatasetInfo, cfg: FinetuneConfig, split: str):
     from ray.data.expressions import col
 
     d = cfg.data
-    ds = ray.data.read_parquet(info.features_dir,
-                               columns=[*FEATURE_INPUT, d.label_column, d.split_column])
+    ds = ray.data.read_parquet(info.features_dir).select_columns(
+        [*FEATURE_INPUT, d.label_column, d.split_column])
     ds = ds.filter(expr=col(d.split_column) == split)
     return ds.limit(d.limit) if d.limit is not None else ds
 

@@ -249,7 +249,8 @@ def input_dataset(source: str, columns: list[str] | None = None):
     fs, p = fsspec.core.url_to_fs(source.rstrip("/") + "/dataset.json")
     if fs.exists(p):
         info = load_dataset_info(source)
-        return ray.data.read_parquet(info.features_dir, columns=columns), (info.mean, info.std)
+        ds = ray.data.read_parquet(info.features_dir)
+        return (ds.select_columns(columns) if columns else ds), (info.mean, info.std)
     from pipeline.featurize import stream_features
 
     return stream_features(source, FeatureConfig(), keep_errors=True), None

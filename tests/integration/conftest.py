@@ -47,7 +47,7 @@ def ray_session(s3_endpoint):
     import ray
 
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "4"}})
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = 120
     yield ray
