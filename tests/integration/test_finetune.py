@@ -99,7 +99,8 @@ def test_evaluate_reproduces_the_test_metrics(scratch_run, labelled, tmp_path, c
 def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_server,
                                                                  tmp_path):
     """A file in the released SSAST layout (DataParallel keys, 1024 frames) starts a
-    linear probe: the encoder stays exactly the checkpoint's, positions cropped to 128."""
+    linear probe on 2 workers: the encoder stays exactly the checkpoint's, positions
+    cropped to 128 frames."""
     _, data, _, _ = labelled
     torch.manual_seed(3)
     pretrained = SSAST(SSASTConfig(size="tiny", input_tdim=1024))
@@ -110,6 +111,7 @@ def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_s
     assert finetune.main(["--config", SAMPLE, "--data", data, "--output", str(out),
                           "--init", str(released), *FAST, "train.max_epochs=2",
                           "train.linear_probe=true", "optim.lr=1e-2", "name=probe",
+                          "scaling.num_workers=2",
                           f"mlflow.tracking_uri={mlflow_server}"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["test/accuracy"] <= 1
