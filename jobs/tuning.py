@@ -181,13 +181,13 @@ def _value(v: Any) -> float:
 
 
 def trial_table(results, metric: str, keys: list[str]) -> pd.DataFrame:
-    """One row per trial: id, searched values, epochs run, last and best metric."""
+    """One row per trial: id, searched values, epochs run, last and best metric (the best
+    epoch of the trial's training run, the one its classifier comes from; after a restore
+    the history may also hold reports of epochs that were redone)."""
     rows = []
     for r in results:
         m = r.metrics or {}
-        history = r.metrics_dataframe
-        best = (history[metric].max() if history is not None and metric in history
-                else float("nan"))
+        best = m.get(f"best/{metric}", float("nan"))  # the trial's model: its best epoch
         rows.append({"trial": m.get("trial_id", Path(r.path).name[:16]),
                      **{k: r.config.get(k) for k in keys},
                      "epochs": m.get("training_iteration", 0), metric: m.get(metric),
