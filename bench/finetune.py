@@ -7,8 +7,9 @@ Tiny patch model on the generated labelled corpus (7 classes), featurized first,
 jobs/configs/finetune_sample.yaml (256 frames, batch 8 per worker). Measures:
 
 1. Fine-tuning samples/s of jobs/finetune.py's Ray Train run with 1 and 2 workers x 1 CPU:
-   the per-epoch ``perf/samples_per_s`` from MLflow (training and validation of an epoch),
-   median over the epochs after the first.
+   the per-epoch ``perf/train_samples_per_s`` from MLflow (the training pass of an epoch;
+   every worker also scores the whole valid split, which does not get faster with more
+   workers), median over the epochs after the first.
 2. Prediction clips/s over the same clips, from the audio manifest (new audio: decode,
    resample, fbank, model) and from the featurized dataset (read, model):
    (a) a plain single-process loop: the featurizer's own functions (``featurize_table``)
@@ -68,7 +69,7 @@ def finetune(data: str, tmp: Path, workers: int, args, uri: str) -> tuple[float,
         f"mlflow.tracking_uri={uri}", f"name=w{workers}"])
     result = run_finetuning(data, str(tmp / f"ft{workers}"), cfg)
     history = mlflow.MlflowClient(uri).get_metric_history(result.mlflow_run_id,
-                                                          "perf/samples_per_s")
+                                                          "perf/train_samples_per_s")
     speeds = [m.value for m in sorted(history, key=lambda m: m.step)][1:]
     return statistics.median(speeds), f"{result.output}/model.pt"
 

@@ -121,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
         train = _train_epoch(ddp, opt, cfg, task, state, epoch, total_steps, gen, device, world)
+        train_s = time.perf_counter() - start
         scores, targets = _validate(model, ray.train.get_dataset_shard("valid"), cfg, device)
         valid = summary(scores, targets, "valid")
         valid["valid/loss"] = float(loss_fn(task["loss"], torch.from_numpy(scores),
@@ -128,7 +129,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - start
         samples = train.pop("_samples")
         metrics = {**train, **valid, "epoch": epoch,
-                   "perf/samples_per_s": samples * world / elapsed}
+                   "perf/samples_per_s": samples * world / elapsed,  # with validation
+                   "perf/train_samples_per_s": samples * world / train_s}
         _update_selection(state, model, cfg, epoch, metrics[metric])
         metrics[f"best/{metric}"] = state["best_metric"]
         state["epoch"] = epoch

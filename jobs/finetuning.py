@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,7 +281,10 @@ def run_finetuning(data: str, output: str, cfg: FinetuneConfig, *,
         metrics |= summary(scores, targets, name)
         reports[name] = (scores, targets)
     files = _write_outputs(output, payload, metrics, reports, task, cfg)
-    version = _log_final(uri, run_id, metrics, files, cfg)
+    try:
+        version = _log_final(uri, run_id, metrics, files, cfg)
+    finally:
+        shutil.rmtree(next(iter(files.values())).parent, ignore_errors=True)
     return FinetuneResult(output, metrics, uri, run_id, version)
 
 
