@@ -38,9 +38,12 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    env = {"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}}
+    # Only what this process's environment lacks: under `ray job submit` the job's
+    # runtime_env (infra/runtime_env.yaml) already sets these, and Ray refuses a driver
+    # runtime_env that repeats a key of the job's.
+    missing = {k: v for k, v in RAY_ENV_DEFAULTS.items() if k not in os.environ}
+    os.environ.update(missing)
+    env = {"env_vars": missing} if missing else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=env)
     else:
