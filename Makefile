@@ -7,9 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
+REGISTRY ?= localhost:5000
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean validate-infra image-cpu image-cuda
 
 setup: $(STAMP)
 
@@ -20,8 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
+# Bigger: make demo DEMO_ARGS="--clips 700 --trials 8 --pretrain train.max_steps=400"
 demo: $(STAMP)
-	$(PY) -m jobs.demo --output $(DEMO_DIR)
+	$(PY) -m jobs.demo --output $(DEMO_DIR) $(DEMO_ARGS)
 
 # pytest exits 5 when it collects nothing (e.g. a filter matched no test): not a failure.
 test: $(STAMP)
@@ -35,6 +39,18 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pretrain_step.py
+
+validate-infra: $(STAMP)
+	$(PY) infra/validate.py
+
+# The project image (infra/docker/Dockerfile; needs a Docker engine).
+image-cpu:
+	docker build -f infra/docker/Dockerfile -t $(REGISTRY)/ssast:$(TAG)-cpu .
+
+image-cuda:
+	docker build -f infra/docker/Dockerfile -t $(REGISTRY)/ssast:$(TAG)-cuda \
+	  --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu \
+	  --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

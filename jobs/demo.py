@@ -115,8 +115,12 @@ def report(out: Path, pretrained, runs: dict[str, FinetuneResult], sweep,
         f"data         {out / 'corpus'} (audio), {out / 'features'} (fbank shards)",
         f"pretraining  {pretrained.final_dir}/ssast.pt, ssast_original.pth",
         f"fine-tuned   {runs['pretrained'].output}/model.pt, {runs['scratch'].output}/model.pt",
+        *([f"sweep        {sweep.model_path} (best trial), {out / 'sweep'} (all trials)"]
+          if sweep is not None else []),
         f"predictions  {out / 'predictions'}",
-        f"mlflow       {pretrained.mlflow_uri} (experiments ssast-pretrain, ssast-finetune)",
+        f"mlflow       {pretrained.mlflow_uri}",
+        "             experiments ssast-pretrain (pretraining), ssast-finetune (fine-tuning "
+        "runs; the sweep is the parent run 'sweep' with a child run per trial)",
         f"open the UI  {ui_command(pretrained.mlflow_uri)}",
         f"took         {seconds / 60:.1f} min",
     ]

@@ -34,3 +34,17 @@ def test_runtime_env_parses():
     env = yaml.safe_load((ROOT / "infra" / "runtime_env.yaml").read_text())
     assert set(env) <= {"env_vars", "excludes", "pip", "working_dir", "py_modules"}
     assert all(isinstance(v, str) for v in env["env_vars"].values())
+
+
+def test_configuration_reference_is_current():
+    from jobs import config_reference
+
+    text = config_reference.render()
+    assert config_reference.DOC.read_text() == text, (
+        "docs/configuration.md is out of date: run .venv/bin/python -m jobs.config_reference "
+        "--write")
+    # Every key of every job is documented, with its meaning.
+    for _, cls in config_reference.JOBS:
+        for key, _, _, meaning in config_reference.rows(cls()):
+            assert meaning, f"{cls.__name__}.{key} has no docstring"
+            assert f"| `{key}` |" in text
