@@ -27,7 +27,22 @@ RAY="${RAY:-ray}"
 if ! command -v "$RAY" >/dev/null && [[ -x .venv/bin/ray ]]; then RAY=.venv/bin/ray; fi
 id="${job}-$(date -u +%Y%m%d-%H%M%S)-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 
-# shellcheck disable=SC2086  # SUBMIT_ARGS is a list of options
-exec "$RAY" job submit --address "$RAY_ADDRESS" --submission-id "$id" \
-    --working-dir . --runtime-env infra/runtime_env.yaml ${SUBMIT_ARGS:-} \
-    -- "${PYTHON:-python}" "$script" "$@"
+# A head that has just started serves its dashboard before its job agent registers and
+# answers "No available agent to submit job" meanwhile: nothing was submitted then, so
+# retry for up to a minute. Output still streams (tee); the exit code is the job's.
+log="$(mktemp)"; trap 'rm -f "$log"' EXIT
+for attempt in $(seq 1 12); do
+    set +e
+    # shellcheck disable=SC2086  # SUBMIT_ARGS is a list of options
+    "$RAY" job submit --address "$RAY_ADDRESS" --submission-id "$id" \
+        --working-dir . --runtime-env infra/runtime_env.yaml ${SUBMIT_ARGS:-} \
+        -- "${PYTHON:-python}" "$script" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [[ $rc -eq 0 ]] || ! grep -q "No available agent to submit job" "$log"; then
+        exit "$rc"
+    fi
+    echo "submit.sh: the cluster's job agent is not up yet (attempt $attempt of 12); retrying in 5 s" >&2
+    sleep 5
+done
+exit "$rc"

@@ -112,7 +112,7 @@ def test_short_overfit_lowers_the_loss(small_model, fbank):
     opt = torch.optim.AdamW(small_model.parameters(), lr=1e-3)
     mask = small_model.sample_mask(3, generator=torch.Generator().manual_seed(0))
     losses = []
-    for _ in range(15):
+    for _ in range(30):
         opt.zero_grad()
         out = small_model.pretrain_loss(fbank, mask_index=mask)
         out["loss"].backward()
