@@ -12,12 +12,19 @@ Over the same generated set, in one run:
 (c) the full Ray Data job (pipeline.featurize.featurize) on all cores, writing Parquet.
 Then (c) again on a set --grow times larger, to compare peak memory (sum of RSS over
 the driver and all Ray processes, sampled every 0.2 s).
+
+Two ceilings put the ratios in context: decoding alone (soundfile, one core) bounds
+(b) / (a), since every featurizer that reads these files pays it; and (b) run in one plain
+process per core at once (multiprocessing, no Ray) measures how far this machine's cores
+scale this memory-heavy work, which bounds (c) / (b).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -66,6 +73,36 @@ def our_function(manifest: Path) -> float:
     for k in range(0, rows.num_rows, 16):
         featurize_table(rows.slice(k, 16), FeatureConfig())
     return time.perf_counter() - start
+
+
+def decode_only(uris: list[str]) -> float:
+    """Seconds to read and decode every clip (no resampling, no features), one thread."""
+    start = time.perf_counter()
+    for uri in uris:
+        with open(uri, "rb") as f:
+            sf.read(io.BytesIO(f.read()), dtype="float32", always_2d=True)
+    return time.perf_counter() - start
+
+
+def _function_worker(manifest: str, queue) -> None:
+    torch.set_num_threads(1)
+    our_function(Path(manifest))  # warm-up: imports, mel banks, page cache
+    queue.put(our_function(Path(manifest)))
+
+
+def plain_processes(manifest: Path, num_procs: int) -> float:
+    """Clips/s of (b) run in ``num_procs`` plain processes at once, each on the whole set."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_function_worker, args=(str(manifest), queue))
+             for _ in range(num_procs)]
+    for p in procs:
+        p.start()
+    seconds = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    n = read_manifest(str(manifest)).num_rows
+    return sum(n / t for t in seconds)
 
 
 class PeakRss:
@@ -122,6 +159,9 @@ def main() -> None:
         our_function(small)
         t_a = original_loop(uris)
         t_b = our_function(small)
+        t_decode = decode_only(uris)
+        cpus = os.cpu_count() or 1
+        b_all_procs = plain_processes(small, cpus)
         torch.set_num_threads(os.cpu_count() or 1)
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -137,8 +177,13 @@ def main() -> None:
         "b_our_function_clips_per_s_one_core": n / t_b,
         "c_ray_job_clips_per_s_all_cores": n / t_c,
         "c_ray_job_large_clips_per_s": n * args.grow / t_c_large,
+        "c_large_over_b": t_b * args.grow / t_c_large,
         "b_over_a": t_a / t_b,
         "c_over_b": t_b / t_c,
+        "decode_only_clips_per_s_one_core": n / t_decode,
+        "ceiling_b_over_a_decode_bound": t_a / t_decode,
+        "b_plain_processes_all_cores_clips_per_s": b_all_procs,
+        "ceiling_c_over_b_plain_processes": b_all_procs * t_b / n,
         "peak_rss_mib_small": peak_small / 2**20,
         "peak_rss_mib_large": peak_large / 2**20,
         "peak_growth": peak_large / peak_small,
@@ -149,7 +194,12 @@ def main() -> None:
     print(f"(a) original-style loop, 1 core   {n / t_a:8.1f} clips/s")
     print(f"(b) our featurizer, 1 core        {n / t_b:8.1f} clips/s   {t_a / t_b:.2f}x (a)")
     print(f"(c) Ray Data job, all cores       {n / t_c:8.1f} clips/s   {t_b / t_c:.2f}x (b)")
-    print(f"(c) on {args.grow}x the input          {n * args.grow / t_c_large:8.1f} clips/s")
+    print(f"(c) on {args.grow}x the input          {n * args.grow / t_c_large:8.1f} clips/s   "
+          f"{t_b * args.grow / t_c_large:.2f}x (b)")
+    print(f"decoding alone, 1 core            {n / t_decode:8.1f} clips/s   ceiling of "
+          f"(b)/(a): {t_a / t_decode:.2f}x")
+    print(f"(b) in {cpus} plain processes        {b_all_procs:8.1f} clips/s   ceiling of "
+          f"(c)/(b) on this machine: {b_all_procs * t_b / n:.2f}x")
     print(f"peak RSS (c): {peak_small / 2**20:.0f} MiB -> {peak_large / 2**20:.0f} MiB on "
           f"{args.grow}x input ({peak_large / peak_small:.2f}x)")
 

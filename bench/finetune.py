@@ -48,7 +48,8 @@ import torch  # noqa: E402
 
 from jobs.finetune_config import FinetuneConfig  # noqa: E402
 from jobs.finetuning import run_finetuning  # noqa: E402
-from jobs.prediction import PredictConfig, prepare_batch, run_prediction  # noqa: E402
+from jobs.prediction import PredictConfig, run_prediction  # noqa: E402
+from jobs.predictor import prepare_batch  # noqa: E402
 from pipeline.clips import featurize_table  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.features import FeatureConfig  # noqa: E402
@@ -152,10 +153,10 @@ def main() -> None:
 
     cpus = os.cpu_count() or 1
     res: dict = {"config": vars(args) | {"cpus": cpus}}
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
-        # Logical CPUs: Train workers and predict actors take 1 each, Ray Data needs some.
+        # Logical CPUs: Train workers take 1 each, Ray Data needs some.
         ray.init(num_cpus=cpus + 2, include_dashboard=True, log_to_driver=False)
         try:
             manifest = write_corpus(tmp / "corpus", num_clips=args.clips,
@@ -166,9 +167,15 @@ def main() -> None:
             uri = f"sqlite:///{tmp / 'mlflow.db'}"
             res["finetune_1_worker"], model = finetune(data, tmp, 1, args, uri)
             res["finetune_2_workers"], _ = finetune(data, tmp, 2, args, uri)
+        finally:
+            ray.shutdown()  # the loops below run on a quiet machine, as a user runs them
+        for name, source in (("audio", str(manifest)), ("features", data)):
+            res[f"predict_{name}_loop_1_thread"] = predict_loop(model, source, 1)
+            res[f"predict_{name}_loop_all_threads"] = predict_loop(model, source, cpus)
+        # A fresh local Ray with the machine's own CPUs, as jobs/predict.py starts it.
+        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=False)
+        try:
             for name, source in (("audio", str(manifest)), ("features", data)):
-                res[f"predict_{name}_loop_1_thread"] = predict_loop(model, source, 1)
-                res[f"predict_{name}_loop_all_threads"] = predict_loop(model, source, cpus)
                 job = predict_marginal(model, source, tmp, name)
                 res[f"predict_{name}_ray_2_actors"] = job["end_to_end"]
                 res[f"predict_{name}_ray_2_actors_steady"] = job["steady_state"]

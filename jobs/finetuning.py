@@ -21,7 +21,8 @@ import yaml
 from jobs.finetune_config import FinetuneConfig
 from jobs.finetune_loop import STATE_FILE, train_loop_per_worker
 from jobs.metrics import confusion_matrix, format_report, per_class_report, summary
-from jobs.prediction import PredictConfig, prepare_batch, score_dataset, split_label
+from jobs.prediction import PredictConfig, PredictInput, score_dataset
+from jobs.predictor import prepare_batch, split_label
 from jobs.tracking import default_tracking_uri, register_classifier, start_run
 from pipeline.config import flatten, to_dict
 from pipeline.schema import NORMALIZATION_PRESETS, DatasetInfo, load_dataset_info
@@ -276,7 +277,8 @@ def run_finetuning(data: str, output: str, cfg: FinetuneConfig, *,
         ([d.test_split] if task["rows"][d.test_split] else [])
     for split in splits if score_final else []:  # the average was never validated
         name = "valid" if split == d.valid_split else "test"
-        scores, targets = score_dataset(raw_split(info, cfg, split), ref, prepare,
+        rows = PredictInput(raw_split(info, cfg, split), "rows", None)
+        scores, targets = score_dataset(rows, ref, prepare,
                                         _eval_predict_config(cfg))
         metrics |= summary(scores, targets, name)
         reports[name] = (scores, targets)

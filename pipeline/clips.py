@@ -108,6 +108,19 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
                               schema=pa.schema([(c, pa.string()) for c in ERROR_COLUMNS]))
 
 
+def featurize_rows(rows: pa.Table, cfg: FeatureConfig) -> pa.Table:
+    """:func:`featurize_table` as one table, for consumers that keep their own errors table.
+
+    Returns:
+        Feature rows, then one row per bad input; ``reason`` and ``detail`` are null on
+        feature rows and set on error rows (whose feature columns are null).
+    """
+    features, errors = featurize_table(rows, cfg)
+    none = pa.nulls(features.num_rows, pa.string())
+    features = features.append_column("reason", none).append_column("detail", none)
+    return pa.concat_tables([features, errors], promote_options="default")
+
+
 def _optional(rows: pa.Table, name: str) -> list[float | None]:
     if name in rows.column_names:
         return rows.column(name).to_pylist()

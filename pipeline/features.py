@@ -113,8 +113,10 @@ def prepare_waveform(samples: np.ndarray, sample_rate: int, cfg: FeatureConfig) 
     """
     if samples.shape[1] == 1 or cfg.channel_mix == "first":
         mono = samples[:, 0]
-    else:
-        mono = samples.mean(axis=1)
+    else:  # (n, c) @ (c,): numpy's mean over a short last axis is ~50x slower
+        channels = samples.shape[1]
+        mono = samples.astype(np.float32, copy=False) @ np.full(channels, 1 / channels,
+                                                                np.float32)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if sample_rate != cfg.sample_rate_hz:
         mono = soxr.resample(mono, sample_rate, cfg.sample_rate_hz, quality=cfg.resample_quality)

@@ -23,7 +23,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from pipeline.clips import featurize_table
+from pipeline.clips import featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest
 from pipeline.schema import (
@@ -264,11 +264,9 @@ def stream_features(source: str | pa.Table, features: FeatureConfig, batch_size:
 
 
 def _stream_batch(rows: pa.Table, *, features: FeatureConfig, keep_errors: bool) -> pa.Table:
-    feats, errors = featurize_table(rows, features)
     if keep_errors:
-        none = pa.nulls(feats.num_rows, pa.string())
-        feats = feats.append_column("reason", none).append_column("detail", none)
-        return pa.concat_tables([feats, errors], promote_options="default")
+        return featurize_rows(rows, features)
+    feats, errors = featurize_table(rows, features)
     for path, reason, detail in zip(errors.column("path").to_pylist(),
                                     errors.column("reason").to_pylist(),
                                     errors.column("detail").to_pylist(), strict=True):
