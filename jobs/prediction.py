@@ -183,8 +183,7 @@ def map_predictor(given: PredictInput, payload_ref, mode: str, prepare: dict,
     ds, batch_size, read = given.ds, cfg.batch_size, None
     if given.source == "files":
         batch_size = 1  # one shard per call; the actor predicts it in model batches
-        columns = [*ID_COLUMNS, *FEATURE_COLUMNS, prepare.get("label_column"),
-                   where and where[0]]
+        columns = [*ID_COLUMNS, *FEATURE_COLUMNS, prepare.get("label_column")]
         read = {"columns": list(dict.fromkeys(c for c in columns if c)), "where": where,
                 "batch_size": cfg.batch_size}
     elif given.source == "rows":

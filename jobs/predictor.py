@@ -68,10 +68,13 @@ def read_feature_file(uri: str, columns: list[str], where: tuple[str, Any] | Non
     with fs.open(path, "rb") as f:
         shard = pq.ParquetFile(f)
         names = set(shard.schema_arrow.names)
-        table = shard.read(columns=[c for c in columns if c in names])
-    if where is not None:
-        table = table.filter(pc.equal(table.column(where[0]), pa.scalar(where[1])))
-    return table
+        keep = [c for c in columns if c in names]
+        if where is None:
+            return shard.read(columns=keep)
+        if where[0] not in names:
+            raise ValueError(f"{uri} has no column {where[0]!r} to select rows by")
+        table = shard.read(columns=list(dict.fromkeys([*keep, where[0]])))
+    return table.filter(pc.equal(table.column(where[0]), pa.scalar(where[1]))).select(keep)
 
 
 class Predictor:
