@@ -24,13 +24,13 @@ from jobs.metrics import confusion_matrix, format_report, per_class_report, summ
 from jobs.prediction import PredictConfig, PredictInput, score_dataset
 from jobs.predictor import prepare_batch, split_label
 from jobs.tracking import default_tracking_uri, register_classifier, start_run
+from pipeline.batches import MODEL_INPUT_COLUMNS
 from pipeline.config import flatten, to_dict
 from pipeline.schema import NORMALIZATION_PRESETS, DatasetInfo, load_dataset_info
 from ssast import SSAST, SSASTClassifier, load_checkpoint
 from ssast.checkpoint import checkpoint_payload
 
 logger = logging.getLogger("finetune")
-FEATURE_INPUT = ["fbank", "num_frames", "num_mel_bins"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def raw_split(info: DatasetInfo, cfg: FinetuneConfig, split: str):
 
     d = cfg.data
     ds = ray.data.read_parquet(info.features_dir).select_columns(
-        [*FEATURE_INPUT, d.label_column, d.split_column])
+        [*MODEL_INPUT_COLUMNS, d.label_column, d.split_column])
     ds = ds.filter(expr=col(d.split_column) == split)
     return ds.limit(d.limit) if d.limit is not None else ds
 

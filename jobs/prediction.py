@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.predictor import ID_COLUMNS, Predictor
+from pipeline.batches import MODEL_INPUT_COLUMNS
 from pipeline.features import FeatureConfig
 from pipeline.schema import NORMALIZATION_PRESETS, load_dataset_info, write_parquet
 
@@ -115,9 +116,6 @@ class PredictInput:
     """Audio in the actors: how they featurize it."""
 
 
-FEATURE_COLUMNS = ["fbank", "num_frames", "num_mel_bins"]
-
-
 def input_dataset(source: str, featurize_in_actors: bool = True, rows_per_block: int = 32
                   ) -> PredictInput:
     """What to feed the actors for ``source``: a featurized dataset directory (its shard
@@ -183,7 +181,7 @@ def map_predictor(given: PredictInput, payload_ref, mode: str, prepare: dict,
     ds, batch_size, read = given.ds, cfg.batch_size, None
     if given.source == "files":
         batch_size = 1  # one shard per call; the actor predicts it in model batches
-        columns = [*ID_COLUMNS, *FEATURE_COLUMNS, prepare.get("label_column")]
+        columns = [*ID_COLUMNS, *MODEL_INPUT_COLUMNS, prepare.get("label_column")]
         read = {"columns": list(dict.fromkeys(c for c in columns if c)), "where": where,
                 "batch_size": cfg.batch_size}
     elif given.source == "rows":

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+MODEL_INPUT_COLUMNS = ("fbank", "num_frames", "num_mel_bins")
+"""The feature columns :func:`to_model_input` reads."""
+
 
 @dataclass(frozen=True)
 class Normalization:
