@@ -42,7 +42,12 @@ def ray_head():
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
          f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-         "--num-cpus=4", f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats"],
+         "--num-cpus=4", f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats",
+         # The test session's own Ray (ray_session) already holds the default agent
+         # ports (52365, ...); a head whose job agent cannot bind never accepts a job.
+         f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
         env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     url = env["RAY_ADDRESS"]
