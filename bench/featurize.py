@@ -47,8 +47,15 @@ FLAC_44K = (("flac", "FLAC", "PCM_16"),)
 
 
 def make_set(root: Path, clips: int, seed: int) -> Path:
-    return write_corpus(root, num_clips=clips, duration_s=(10.0, 10.0), seed=seed,
-                        broken=False, rates_hz=(44100,), formats=FLAC_44K)
+    return write_corpus(
+        root,
+        num_clips=clips,
+        duration_s=(10.0, 10.0),
+        seed=seed,
+        broken=False,
+        rates_hz=(44100,),
+        formats=FLAC_44K,
+    )
 
 
 def original_loop(uris: list[str]) -> float:
@@ -59,8 +66,16 @@ def original_loop(uris: list[str]) -> float:
         wave = torch.from_numpy(samples.T.copy())
         wave = torchaudio.functional.resample(wave, rate, 16000)
         wave = wave - wave.mean()
-        fb = kaldi.fbank(wave, htk_compat=True, sample_frequency=16000, use_energy=False,
-                         window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        fb = kaldi.fbank(
+            wave,
+            htk_compat=True,
+            sample_frequency=16000,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=10,
+        )
         fb = torch.nn.functional.pad(fb, (0, 0, 0, max(0, 1024 - fb.shape[0])))[:1024]
         _ = (fb + 4.2677393) / (2 * 4.5689974)
     return time.perf_counter() - start
@@ -94,8 +109,9 @@ def plain_processes(manifest: Path, num_procs: int) -> float:
     """Clips/s of (b) run in ``num_procs`` plain processes at once, each on the whole set."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_function_worker, args=(str(manifest), queue))
-             for _ in range(num_procs)]
+    procs = [
+        ctx.Process(target=_function_worker, args=(str(manifest), queue)) for _ in range(num_procs)
+    ]
     for p in procs:
         p.start()
     seconds = [queue.get() for _ in procs]
@@ -172,7 +188,10 @@ def main() -> None:
         ray.shutdown()
     n = args.clips
     result = {
-        "clips": n, "clip_seconds": 10.0, "source": "44.1 kHz FLAC", "cpus": os.cpu_count(),
+        "clips": n,
+        "clip_seconds": 10.0,
+        "source": "44.1 kHz FLAC",
+        "cpus": os.cpu_count(),
         "a_original_loop_clips_per_s_per_core": n / t_a,
         "b_our_function_clips_per_s_one_core": n / t_b,
         "c_ray_job_clips_per_s_all_cores": n / t_c,
@@ -194,14 +213,22 @@ def main() -> None:
     print(f"(a) original-style loop, 1 core   {n / t_a:8.1f} clips/s")
     print(f"(b) our featurizer, 1 core        {n / t_b:8.1f} clips/s   {t_a / t_b:.2f}x (a)")
     print(f"(c) Ray Data job, all cores       {n / t_c:8.1f} clips/s   {t_b / t_c:.2f}x (b)")
-    print(f"(c) on {args.grow}x the input          {n * args.grow / t_c_large:8.1f} clips/s   "
-          f"{t_b * args.grow / t_c_large:.2f}x (b)")
-    print(f"decoding alone, 1 core            {n / t_decode:8.1f} clips/s   ceiling of "
-          f"(b)/(a): {t_a / t_decode:.2f}x")
-    print(f"(b) in {cpus} plain processes        {b_all_procs:8.1f} clips/s   ceiling of "
-          f"(c)/(b) on this machine: {b_all_procs * t_b / n:.2f}x")
-    print(f"peak RSS (c): {peak_small / 2**20:.0f} MiB -> {peak_large / 2**20:.0f} MiB on "
-          f"{args.grow}x input ({peak_large / peak_small:.2f}x)")
+    print(
+        f"(c) on {args.grow}x the input          {n * args.grow / t_c_large:8.1f} clips/s   "
+        f"{t_b * args.grow / t_c_large:.2f}x (b)"
+    )
+    print(
+        f"decoding alone, 1 core            {n / t_decode:8.1f} clips/s   ceiling of "
+        f"(b)/(a): {t_a / t_decode:.2f}x"
+    )
+    print(
+        f"(b) in {cpus} plain processes        {b_all_procs:8.1f} clips/s   ceiling of "
+        f"(c)/(b) on this machine: {b_all_procs * t_b / n:.2f}x"
+    )
+    print(
+        f"peak RSS (c): {peak_small / 2**20:.0f} MiB -> {peak_large / 2**20:.0f} MiB on "
+        f"{args.grow}x input ({peak_large / peak_small:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

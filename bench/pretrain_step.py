@@ -54,8 +54,9 @@ def step_flops_per_sample(cfg: SSASTConfig, two_pass: bool) -> float:
     return 3 * fwd * (2 if two_pass else 1)
 
 
-def make_step(model: SSAST, opt: torch.optim.Optimizer, x: torch.Tensor, two_pass: bool,
-              gen: torch.Generator):
+def make_step(
+    model: SSAST, opt: torch.optim.Optimizer, x: torch.Tensor, two_pass: bool, gen: torch.Generator
+):
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         out = model.pretrain_loss(x, two_pass=two_pass, generator=gen)
@@ -67,20 +68,33 @@ def make_step(model: SSAST, opt: torch.optim.Optimizer, x: torch.Tensor, two_pas
 
 def build(args) -> tuple[SSAST, torch.optim.Optimizer, torch.Tensor, torch.Generator]:
     torch.manual_seed(0)
-    cfg = SSASTConfig.from_geometry(args.geometry, size=args.size, input_tdim=args.frames,
-                                    num_masked=args.masked)
+    cfg = SSASTConfig.from_geometry(
+        args.geometry, size=args.size, input_tdim=args.frames, num_masked=args.masked
+    )
     model = SSAST(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999),
-                            weight_decay=5e-7)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=5e-7)
     x = torch.randn(args.batch, args.frames, 128)
     return model, opt, x, torch.Generator().manual_seed(0)
 
 
 def peak_rss_child(args, mode: str) -> float:
     """Peak RSS (MiB) of a fresh process running a few steps of one mode."""
-    cmd = [sys.executable, __file__, "--child", mode, "--size", args.size, "--geometry",
-           args.geometry, "--batch", str(args.batch), "--frames", str(args.frames),
-           "--masked", str(args.masked)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--size",
+        args.size,
+        "--geometry",
+        args.geometry,
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--masked",
+        str(args.masked),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -138,8 +152,12 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.perf_counter()
                 s()
                 per_step[m].append(time.perf_counter() - t)
-    result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "matmul_gflops": gemm, "config": vars(args) | {"child": None}}
+    result = {
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "matmul_gflops": gemm,
+        "config": vars(args) | {"child": None},
+    }
     for m, tp in modes.items():
         sec = statistics.median(per_step[m])
         flops = step_flops_per_sample(model.cfg, tp)
@@ -156,17 +174,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"machine: {result['cpus']} cpus, {result['threads']} torch threads, "
-          f"fp32 matmul {gemm:.1f} GFLOP/s")
-    print(f"{'mode':<10}{'samples/s':>10}{'ms/step':>10}{'GFLOP/smp':>11}{'GFLOP/s':>9}"
-          f"{'of matmul':>11}{'peak RSS':>10}")
+    print(
+        f"machine: {result['cpus']} cpus, {result['threads']} torch threads, "
+        f"fp32 matmul {gemm:.1f} GFLOP/s"
+    )
+    print(
+        f"{'mode':<10}{'samples/s':>10}{'ms/step':>10}{'GFLOP/smp':>11}{'GFLOP/s':>9}"
+        f"{'of matmul':>11}{'peak RSS':>10}"
+    )
     for m in modes:
         r = result[m]
-        print(f"{m:<10}{r['samples_per_s']:>10.2f}{r['ms_per_step']:>10.0f}"
-              f"{r['gflop_per_sample']:>11.1f}{r['achieved_gflops']:>9.1f}"
-              f"{r['share_of_matmul']:>10.0%}{r['peak_rss_mib']:>8.0f}MiB")
-    print(f"single-pass / two-pass samples/s: {result['speedup_single_vs_two_pass']:.2f}x "
-          f"(written to {args.out})")
+        print(
+            f"{m:<10}{r['samples_per_s']:>10.2f}{r['ms_per_step']:>10.0f}"
+            f"{r['gflop_per_sample']:>11.1f}{r['achieved_gflops']:>9.1f}"
+            f"{r['share_of_matmul']:>10.0%}{r['peak_rss_mib']:>8.0f}MiB"
+        )
+    print(
+        f"single-pass / two-pass samples/s: {result['speedup_single_vs_two_pass']:.2f}x "
+        f"(written to {args.out})"
+    )
 
 
 if __name__ == "__main__":

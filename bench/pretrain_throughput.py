@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the jobs/ packag
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
-from jobs.pretrain_config import PretrainConfig  # noqa: E402
-from jobs.pretraining import run_pretraining  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from jobs.kit.config import load_config  # noqa: E402
+from jobs.pretraining.config import PretrainConfig  # noqa: E402
+from jobs.pretraining.driver import run_pretraining  # noqa: E402
 from pipeline.featurize import FeaturizeConfig, featurize  # noqa: E402
 from pipeline.synth import write_corpus  # noqa: E402
 from ssast import SSAST, SSASTConfig  # noqa: E402
@@ -55,19 +55,32 @@ def bare_step(batch: int, frames: int, masked: int, threads: int, steps: int) ->
 
 
 def job(data: str, tmp: Path, workers: int, args, uri: str) -> dict[str, float]:
-    cfg = load_config(PretrainConfig, None, [
-        f"model.input_tdim={args.frames}", f"model.num_masked={args.masked}",
-        f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.log_every=5",
-        f"train.checkpoint_every={args.steps}", "train.image_every=0",
-        "optim.warmup_steps=5", f"scaling.num_workers={workers}", "scaling.cpus_per_worker=1",
-        f"mlflow.tracking_uri={uri}", f"name=w{workers}",
-    ])
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            f"model.input_tdim={args.frames}",
+            f"model.num_masked={args.masked}",
+            f"train.batch_size={args.batch}",
+            f"train.max_steps={args.steps}",
+            "train.log_every=5",
+            f"train.checkpoint_every={args.steps}",
+            "train.image_every=0",
+            "optim.warmup_steps=5",
+            f"scaling.num_workers={workers}",
+            "scaling.cpus_per_worker=1",
+            f"mlflow.tracking_uri={uri}",
+            f"name=w{workers}",
+        ],
+    )
     result = run_pretraining(data, str(tmp / f"run{workers}"), cfg)
     client = mlflow.MlflowClient(uri)
-    speed = [m.value for m in client.get_metric_history(result.mlflow_run_id,
-                                                        "perf/samples_per_s")][1:]
-    wait = [m.value for m in client.get_metric_history(result.mlflow_run_id,
-                                                       "perf/data_wait_fraction")][1:]
+    speed = [
+        m.value for m in client.get_metric_history(result.mlflow_run_id, "perf/samples_per_s")
+    ][1:]
+    wait = [
+        m.value for m in client.get_metric_history(result.mlflow_run_id, "perf/data_wait_fraction")
+    ][1:]
     return {"samples_per_s": statistics.median(speed), "data_wait_fraction": max(wait)}
 
 
@@ -91,8 +104,10 @@ def main() -> None:
         manifest = write_corpus(tmp / "corpus", num_clips=args.clips)
         featurize(str(manifest), str(tmp / "ds"), FeaturizeConfig(clips_per_shard=32))
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        res = {"bare_1_thread": bare_step(args.batch, args.frames, args.masked, 1, 10),
-               "bare_all_threads": bare_step(args.batch, args.frames, args.masked, cpus, 10)}
+        res = {
+            "bare_1_thread": bare_step(args.batch, args.frames, args.masked, 1, 10),
+            "bare_all_threads": bare_step(args.batch, args.frames, args.masked, cpus, 10),
+        }
         res["job_1_worker"] = job(str(tmp / "ds"), tmp, 1, args, uri)
         res["job_2_workers"] = job(str(tmp / "ds"), tmp, 2, args, uri)
         ray.shutdown()
@@ -102,16 +117,21 @@ def main() -> None:
     res["config"] = vars(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"tiny patch, batch {args.batch}/worker, {args.frames} frames, M={args.masked}, "
-          f"{cpus} cpus")
+    print(
+        f"tiny patch, batch {args.batch}/worker, {args.frames} frames, M={args.masked}, {cpus} cpus"
+    )
     print(f"bare step, 1 thread          {res['bare_1_thread']:7.2f} samples/s")
     print(f"bare step, {cpus} threads         {res['bare_all_threads']:7.2f} samples/s")
-    print(f"Ray Train, 1 worker x 1 CPU  {one['samples_per_s']:7.2f} samples/s  "
-          f"overhead {res['overhead_1_worker_vs_bare_1_thread']:+.1%}  "
-          f"data wait {one['data_wait_fraction']:.1%}")
-    print(f"Ray Train, 2 workers x 1 CPU {two['samples_per_s']:7.2f} samples/s  "
-          f"{res['speedup_2_workers_vs_1']:.2f}x 1 worker  "
-          f"data wait {two['data_wait_fraction']:.1%}")
+    print(
+        f"Ray Train, 1 worker x 1 CPU  {one['samples_per_s']:7.2f} samples/s  "
+        f"overhead {res['overhead_1_worker_vs_bare_1_thread']:+.1%}  "
+        f"data wait {one['data_wait_fraction']:.1%}"
+    )
+    print(
+        f"Ray Train, 2 workers x 1 CPU {two['samples_per_s']:7.2f} samples/s  "
+        f"{res['speedup_2_workers_vs_1']:.2f}x 1 worker  "
+        f"data wait {two['data_wait_fraction']:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 PYTHON_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
-SECRET = re.compile(r"(aws_secret_access_key|aws_access_key_id|secret_key|password)\s*[:=]",
-                    re.IGNORECASE)
+SECRET = re.compile(
+    r"(aws_secret_access_key|aws_access_key_id|secret_key|password)\s*[:=]", re.IGNORECASE
+)
 
 
 class ManifestError(ValueError):
@@ -51,8 +52,18 @@ def ray_version() -> str:
 
 def quantity(value: str | int | float) -> float:
     """A Kubernetes quantity ("500m", "16", "180Gi", "8G") as a number."""
-    units = {"m": 1e-3, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10,
-             "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    units = {
+        "m": 1e-3,
+        "k": 1e3,
+        "K": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
     match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
     if not match or match.group(2) not in ("", *units):
         raise ManifestError(f"not a Kubernetes quantity: {value!r}")
@@ -95,13 +106,16 @@ def _container_resources(where: str, pod: dict) -> dict[str, float]:
 def check_ray_cluster_spec(where: str, cluster: dict) -> dict[str, dict]:
     """Check a RayCluster spec; returns per worker group {replicas max, cpu, gpu}."""
     if str(cluster.get("rayVersion")) != ray_version():
-        _fail(where, f"rayVersion {cluster.get('rayVersion')!r} but the project pins Ray "
-                     f"{ray_version()} (client and cluster must match)")
+        _fail(
+            where,
+            f"rayVersion {cluster.get('rayVersion')!r} but the project pins Ray "
+            f"{ray_version()} (client and cluster must match)",
+        )
     auth = cluster.get("authOptions", {})
     if auth.get("mode") != "token" or not auth.get("secretName"):
         _fail(where, "authOptions must be {mode: token, secretName: ...} (token auth)")
     if str(cluster["headGroupSpec"].get("rayStartParams", {}).get("num-cpus")) != "0":
-        _fail(where, "the head must not run tasks: rayStartParams num-cpus: \"0\"")
+        _fail(where, 'the head must not run tasks: rayStartParams num-cpus: "0"')
     images, capacity, gpus_wanted = set(), {}, False
     for name, group, pod in _pods(cluster):
         images |= {c["image"] for c in pod["containers"]}
@@ -111,22 +125,33 @@ def check_ray_cluster_spec(where: str, cluster: dict) -> dict[str, dict]:
             gpus_wanted = True
             tolerated = {t.get("key") for t in pod.get("tolerations", [])}
             if "nvidia.com/gpu" not in tolerated:
-                _fail(where, f"group {name} asks for GPUs but does not tolerate the "
-                             "nvidia.com/gpu taint")
+                _fail(
+                    where,
+                    f"group {name} asks for GPUs but does not tolerate the nvidia.com/gpu taint",
+                )
         if name != "head":
-            lo, n, hi = group.get("minReplicas", 0), group.get("replicas", 0), \
-                group.get("maxReplicas", 0)
+            lo, n, hi = (
+                group.get("minReplicas", 0),
+                group.get("replicas", 0),
+                group.get("maxReplicas", 0),
+            )
             if not lo <= n <= hi or hi < 1:
-                _fail(where, f"group {name}: need minReplicas <= replicas <= maxReplicas, "
-                             f"maxReplicas >= 1 (got {lo}, {n}, {hi})")
+                _fail(
+                    where,
+                    f"group {name}: need minReplicas <= replicas <= maxReplicas, "
+                    f"maxReplicas >= 1 (got {lo}, {n}, {hi})",
+                )
             capacity[name] = {"pods": hi, "cpu": limits["cpu"], "gpu": gpus}
         mounts = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
         missing = mounts - {v["name"] for v in pod.get("volumes", [])}
         if missing:
             _fail(where, f"group {name} mounts undeclared volumes {sorted(missing)}")
         if pod.get("serviceAccountName") != "ssast":
-            _fail(where, f"group {name}: serviceAccountName must be ssast "
-                         "(infra/kuberay/serviceaccount.yaml; S3 access by workload identity)")
+            _fail(
+                where,
+                f"group {name}: serviceAccountName must be ssast "
+                "(infra/kuberay/serviceaccount.yaml; S3 access by workload identity)",
+            )
     _check_images(where, images, gpus_wanted)
     return capacity
 
@@ -137,8 +162,11 @@ def _check_images(where: str, images: set[str], gpus: bool) -> None:
     [image] = images
     variant = "cuda" if gpus else "cpu"
     if not image.endswith(f"-{variant}"):
-        _fail(where, f"image {image} should be the -{variant} build "
-                     f"({'GPUs requested' if gpus else 'no GPUs'})")
+        _fail(
+            where,
+            f"image {image} should be the -{variant} build "
+            f"({'GPUs requested' if gpus else 'no GPUs'})",
+        )
 
 
 def job_config(where: str, argv: list[str]) -> Any:
@@ -173,23 +201,25 @@ def _workers_fit(where: str, scaling: dict, capacity: dict[str, dict]) -> None:
             per_pod = min(per_pod, int(group["gpu"]))
         fit += per_pod * group["pods"]
     if fit < scaling["num_workers"]:
-        _fail(where, f"{scaling['num_workers']} Ray Train workers x ({cpus:g} CPU"
-                     f"{', 1 GPU' if gpu else ''}) do not fit: the worker groups hold {fit}")
+        _fail(
+            where,
+            f"{scaling['num_workers']} Ray Train workers x ({cpus:g} CPU"
+            f"{', 1 GPU' if gpu else ''}) do not fit: the worker groups hold {fit}",
+        )
 
 
 def check_runtime_env(where: str, env: dict) -> None:
     from ray.runtime_env import RuntimeEnv
-
-    from jobs.common import RAY_ENV_DEFAULTS
 
     try:
         RuntimeEnv(**env)
     except (ValueError, TypeError) as exc:
         _fail(where, f"invalid runtime_env: {exc}")
     env_vars = env.get("env_vars", {})
-    for key, value in RAY_ENV_DEFAULTS.items():
+    wanted = yaml.safe_load((INFRA / "runtime_env.yaml").read_text())["env_vars"]
+    for key, value in wanted.items():
         if env_vars.get(key) != value:
-            _fail(where, f"runtime_env env_vars must set {key}={value} (jobs/common.py)")
+            _fail(where, f"runtime_env env_vars must set {key}={value} (as infra/runtime_env.yaml)")
 
 
 def check_rayjob(where: str, doc: dict) -> None:
@@ -199,8 +229,11 @@ def check_rayjob(where: str, doc: dict) -> None:
     # working_dir is a path inside the image, checked against the Dockerfile below.
     check_runtime_env(where, {k: v for k, v in runtime_env.items() if k != "working_dir"})
     if runtime_env.get("working_dir") != dockerfile_workdir():
-        _fail(where, f"runtimeEnvYAML working_dir should be the image's project directory "
-                     f"{dockerfile_workdir()} (infra/docker/Dockerfile WORKDIR)")
+        _fail(
+            where,
+            f"runtimeEnvYAML working_dir should be the image's project directory "
+            f"{dockerfile_workdir()} (infra/docker/Dockerfile WORKDIR)",
+        )
     argv = shlex.split(spec["entrypoint"])
     cfg = job_config(where, argv)
     for flag in ("--data", "--input", "--output"):
@@ -210,10 +243,14 @@ def check_rayjob(where: str, doc: dict) -> None:
         _workers_fit(where, cfg["scaling"], capacity)
     if "mlflow" in cfg:
         uri = cfg["mlflow"].get("tracking_uri") or runtime_env.get("env_vars", {}).get(
-            "MLFLOW_TRACKING_URI", "")
+            "MLFLOW_TRACKING_URI", ""
+        )
         if not uri.startswith(("http://", "https://")):
-            _fail(where, "a cluster job needs an MLflow tracking server URI "
-                         "(MLFLOW_TRACKING_URI in runtimeEnvYAML or mlflow.tracking_uri=)")
+            _fail(
+                where,
+                "a cluster job needs an MLflow tracking server URI "
+                "(MLFLOW_TRACKING_URI in runtimeEnvYAML or mlflow.tracking_uri=)",
+            )
 
 
 def check_kuberay(path: Path) -> None:
@@ -233,8 +270,9 @@ def check_kuberay(path: Path) -> None:
 # ---------------------------------------------------------------- the rest
 
 
-def check_cluster_launcher(path: Path, recipe: str = "jobs/configs/pretrain_base_patch.yaml"
-                           ) -> None:
+def check_cluster_launcher(
+    path: Path, recipe: str = "jobs/configs/pretrain_base_patch.yaml"
+) -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     where = _name(path)
@@ -248,9 +286,15 @@ def check_cluster_launcher(path: Path, recipe: str = "jobs/configs/pretrain_base
         _fail(where, "the head node type must declare resources: {CPU: 0}")
     gpu_nodes = {k: v for k, v in nodes.items() if v.get("resources", {}).get("GPU")}
     _check_images(where, {config["docker"]["image"]}, bool(gpu_nodes))
-    capacity = {k: {"pods": v.get("max_workers", 0), "cpu": v["resources"].get("CPU", 0),
-                    "gpu": v["resources"].get("GPU", 0)} for k, v in nodes.items()
-                if k != config["head_node_type"]}
+    capacity = {
+        k: {
+            "pods": v.get("max_workers", 0),
+            "cpu": v["resources"].get("CPU", 0),
+            "gpu": v["resources"].get("GPU", 0),
+        }
+        for k, v in nodes.items()
+        if k != config["head_node_type"]
+    }
     _workers_fit(where, yaml.safe_load((ROOT / recipe).read_text())["scaling"], capacity)
 
 
@@ -277,8 +321,11 @@ def check_dockerfile(path: Path) -> None:
 def check_no_credentials(path: Path) -> None:
     match = SECRET.search(path.read_text())
     if match:
-        _fail(_name(path), f"looks like a credential ({match.group(0)}); "
-              "use the instance role / service account / a Kubernetes Secret")
+        _fail(
+            _name(path),
+            f"looks like a credential ({match.group(0)}); "
+            "use the instance role / service account / a Kubernetes Secret",
+        )
 
 
 CHECKS = {
@@ -291,8 +338,9 @@ CHECKS = {
 
 
 def checked_files() -> dict[Path, Any]:
-    return {path: check for pattern, check in CHECKS.items()
-            for path in sorted(INFRA.glob(pattern))}
+    return {
+        path: check for pattern, check in CHECKS.items() for path in sorted(INFRA.glob(pattern))
+    }
 
 
 def main() -> int:

@@ -1,1 +1,2 @@
-"""`ray job submit` targets. Nothing imports this package."""
+"""The `ray job submit` targets: thin entry points (featurize, pretrain, finetune, tune,
+predict, evaluate) over one folder per workflow and the shared kit (jobs/kit)."""

@@ -19,12 +19,12 @@ import types
 import typing
 from typing import Any
 
-from jobs.common import ROOT
-from jobs.finetune_config import FinetuneConfig
-from jobs.prediction import PredictConfig
-from jobs.pretrain_config import PretrainConfig
-from jobs.tune_config import TuneJobConfig
-from pipeline.config import to_dict
+from jobs.finetuning.config import FinetuneConfig
+from jobs.inference.config import PredictConfig
+from jobs.kit.cli import ROOT
+from jobs.kit.config import to_dict
+from jobs.pretraining.config import PretrainConfig
+from jobs.tuning.config import TuneJobConfig
 from pipeline.featurize import FeaturizeConfig
 
 DOC = ROOT / "docs" / "configuration.md"
@@ -58,9 +58,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for node, after in zip(body, body[1:], strict=False):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 
@@ -90,16 +94,24 @@ def rows(config: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(value):
             out.extend(rows(value, f"{prefix}{f.name}."))
             continue
-        out.append((prefix + f.name, type_name(hints[f.name]),
-                    json.dumps(to_dict(value)), docs.get(f.name, "")))
+        out.append(
+            (
+                prefix + f.name,
+                type_name(hints[f.name]),
+                json.dumps(to_dict(value)),
+                docs.get(f.name, ""),
+            )
+        )
     return out
 
 
 def render() -> str:
     parts = [HEADER]
     for entry, cls in JOBS:
-        parts.append(f"\n## `{entry}` ({cls.__name__})\n\n| key | type | default | meaning |\n"
-                     "|---|---|---|---|\n")
+        parts.append(
+            f"\n## `{entry}` ({cls.__name__})\n\n| key | type | default | meaning |\n"
+            "|---|---|---|---|\n"
+        )
         for key, tp, default, meaning in rows(cls()):
             cells = (f"`{key}`", tp, f"`{default}`", meaning)
             parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n")

@@ -7,6 +7,7 @@ On a cluster:
         python jobs/evaluate.py --model s3://bucket/ssast/esc50/model.pt \
         --data s3://bucket/features/esc50 --split test num_actors=4
 
+--model is any model reference predict accepts (file, directory, s3://, runs:/, models:/).
 Prints accuracy, mAP, macro AUC and the per-class report; --output also writes them
 as metrics.json and report.txt.
 """
@@ -20,13 +21,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
-from jobs.prediction import PredictConfig, evaluate_checkpoint
+from jobs.inference.config import PredictConfig
+from jobs.inference.driver import evaluate_checkpoint
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = config_parser(__doc__)
-    ap.add_argument("--model", required=True, help="a fine-tuned model.pt")
+    ap.add_argument(
+        "--model", required=True, help="a fine-tuned model: file, dir, runs:/, models:/"
+    )
     ap.add_argument("--data", required=True, help="featurized dataset directory")
     ap.add_argument("--split", default="test", help="value of the split column ('' = all)")
     ap.add_argument("--output", help="directory for metrics.json and report.txt")

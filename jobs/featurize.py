@@ -21,7 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/featurize.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
 from pipeline.featurize import FeaturizeConfig, featurize
 
 logger = logging.getLogger("featurize")
@@ -39,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = featurize(args.input, args.output, cfg)
     print(summary.table())
     if summary.error_fraction > cfg.max_error_fraction:
-        logger.error("%.1f%% of inputs failed (> max_error_fraction %.1f%%); see %s/errors",
-                     100 * summary.error_fraction, 100 * cfg.max_error_fraction, args.output)
+        logger.error(
+            "%.1f%% of inputs failed (> max_error_fraction %.1f%%); see %s/errors",
+            100 * summary.error_fraction,
+            100 * cfg.max_error_fraction,
+            args.output,
+        )
         return 2
     return 0
 

@@ -16,7 +16,9 @@ On a cluster:
 a pretraining output directory, or an MLflow URI (runs:/..., models:/name/version).
 The dataset's `split` column selects train / valid / test rows and `label` holds the
 class (data.label_column=..., data.multilabel=true for "a,b" multi-label cells).
-Writes OUTPUT/model.pt, OUTPUT/metrics.json (test/accuracy, test/mAP, ...), per-class
+A NaN/inf loss stops the run (exit code 3) with the step and learning rate in the error
+and the last good checkpoint kept. Writes OUTPUT/model.pt (with the feature settings and
+normalisation it was trained on), OUTPUT/metrics.json (test/accuracy, test/mAP, ...), per-class
 reports and a confusion matrix; everything is logged to MLflow.
 """
 
@@ -28,17 +30,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/finetune.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
-from jobs.finetune_config import FinetuneConfig
-from jobs.finetuning import describe, run_finetuning
+from jobs.finetuning.config import FinetuneConfig
+from jobs.finetuning.driver import describe, run_finetuning
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
+from jobs.kit.training import NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = config_parser(__doc__)
     ap.add_argument("--data", required=True, help="featurized dataset directory")
     ap.add_argument("--output", required=True, help="output directory (local, s3://)")
-    ap.add_argument("--init", help="scratch | CHECKPOINT | DIR | runs:/... | models:/... "
-                    "(default: the config's init, scratch)")
+    ap.add_argument(
+        "--init",
+        help="scratch | CHECKPOINT | DIR | runs:/... | models:/... "
+        "(default: the config's init, scratch)",
+    )
     ap.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     args = ap.parse_args(argv)
     if args.init:
@@ -46,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(FinetuneConfig, args)
     init_ray(args.num_cpus)
-    print(describe(run_finetuning(args.data, args.output, cfg)))
+    try:
+        result = run_finetuning(args.data, args.output, cfg)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(describe(result))
     return 0
 
 

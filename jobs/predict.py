@@ -10,11 +10,13 @@ On a cluster:
         --input s3://bucket/manifests/new.parquet --output s3://bucket/predictions/new \
         num_actors=8 use_gpu=true
 
---model is a fine-tuned model.pt (labels, scores, embeddings) or a pretrained encoder,
-ours or a released SSAST .pth (embeddings). --input is a featurized dataset directory or
-a manifest / audio directory (featurized on the fly). Writes OUTPUT/predictions/*.parquet
-(path, clip_id, segment_index, start_s, end_s, then top_labels + top_scores, scores, or
-embedding) and OUTPUT/errors/part-000000.parquet (path, reason, detail) for clips that
+--model is a fine-tuned model (labels, scores, embeddings) or a pretrained encoder, ours
+or a released SSAST .pth (embeddings): a file (local or s3://), a training output
+directory, or an MLflow URI (runs:/<id>/outputs/model.pt, models:/<name>/<version>).
+--input is a featurized dataset directory (made with the model's feature settings) or a
+manifest / audio directory, featurized on the fly with the model's own settings. Writes
+OUTPUT/predictions/*.parquet (path, clip_id, segment_index, start_s, end_s, then
+top_labels + top_scores, scores, or embedding) and OUTPUT/errors/part-000000.parquet (path, reason, detail) for clips that
 could not be decoded.
 """
 
@@ -26,13 +28,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/predict.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
-from jobs.prediction import PredictConfig, run_prediction
+from jobs.inference.config import PredictConfig
+from jobs.inference.driver import run_prediction
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = config_parser(__doc__)
-    ap.add_argument("--model", required=True, help="model.pt, our checkpoint or an SSAST .pth")
+    ap.add_argument(
+        "--model", required=True, help="model.pt, checkpoint, directory, runs:/... or models:/..."
+    )
     ap.add_argument("--input", required=True, help="featurized dataset dir or manifest")
     ap.add_argument("--output", required=True, help="output directory (local, s3://)")
     ap.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")

@@ -23,9 +23,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/pretrain.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
-from jobs.pretrain_config import PretrainConfig
-from jobs.pretraining import NonFiniteLossError, describe, run_pretraining
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
+from jobs.kit.training import NonFiniteLossError
+from jobs.pretraining.config import PretrainConfig
+from jobs.pretraining.driver import describe, run_pretraining
 
 
 def main(argv: list[str] | None = None) -> int:

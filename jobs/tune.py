@@ -26,9 +26,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/tune.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import config_parser, init_ray, resolve_config, setup_logging
-from jobs.tune_config import TuneJobConfig
-from jobs.tuning import describe, run_tuning
+from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cluster import init_ray
+from jobs.tuning.config import TuneJobConfig
+from jobs.tuning.driver import describe, run_tuning
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Stored feature rows -> fixed-length, normalised model input.
+"""Stored feature rows -> fixed-length, normalised model input (and targets).
 
 The original SSAST loader's rules (reference section 6): zero-pad at the end in the raw
 log-mel domain or keep the first ``target_frames`` frames, then ``(x - mean) / (2 std)``.
@@ -12,24 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.labels import LabelSet
+from pipeline.normalization import Normalization
+
 MODEL_INPUT_COLUMNS = ("fbank", "num_frames", "num_mel_bins")
 """The feature columns :func:`to_model_input` reads."""
 
 
-@dataclass(frozen=True)
-class Normalization:
-    """Dataset statistics of the log-mel features; input = (x - mean) / (2 * std)."""
-
-    mean: float
-    std: float
-
-    def __post_init__(self) -> None:
-        if not self.std > 0:
-            raise ValueError(f"std must be > 0, got {self.std}")
-
-
-def fixed_length(column: pa.ChunkedArray | pa.Array, num_frames: np.ndarray,
-                 num_mel_bins: int, target_frames: int) -> np.ndarray:
+def fixed_length(
+    column: pa.ChunkedArray | pa.Array,
+    num_frames: np.ndarray,
+    num_mel_bins: int,
+    target_frames: int,
+) -> np.ndarray:
     """Flat ``fbank`` lists -> (B, T, F) float32, zero-padded at the end or cut to T.
 
     Vectorised over the batch: one scatter from the flat value buffer, no per-row loop.
@@ -50,15 +45,31 @@ def fixed_length(column: pa.ChunkedArray | pa.Array, num_frames: np.ndarray,
     return out
 
 
-def to_model_input(batch: pa.Table, target_frames: int, norm: Normalization,
-                   label_column: str | None = None) -> dict[str, np.ndarray]:
-    """A batch of feature rows -> {"fbank": (B, T, F) float32 normalised[, "label"]}."""
+def to_model_input(batch: pa.Table, target_frames: int, norm: Normalization) -> np.ndarray:
+    """A batch of feature rows -> (B, T, F) float32, normalised."""
     F = int(batch.column("num_mel_bins")[0].as_py()) if batch.num_rows else 128
-    x = fixed_length(batch.column("fbank"), batch.column("num_frames").to_numpy(), F,
-                     target_frames)
+    x = fixed_length(batch.column("fbank"), batch.column("num_frames").to_numpy(), F, target_frames)
     x -= norm.mean
     x /= 2.0 * norm.std
-    out = {"fbank": x}
-    if label_column is not None:
-        out[label_column] = batch.column(label_column).to_numpy(zero_copy_only=False)
-    return out
+    return x
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """How feature rows become a model's input: its length, its normalisation and, for
+    labelled rows, its classes. One object from the driver to the Ray tasks and actors."""
+
+    target_frames: int
+    normalization: Normalization
+    labels: LabelSet | None = None
+    """With labels, :meth:`prepare` also encodes the label column as targets."""
+
+    def prepare(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        """Feature rows -> {"fbank": (B, T, F) normalised float32[, "target": (B, K)]}."""
+        out = {"fbank": to_model_input(batch, self.target_frames, self.normalization)}
+        if self.labels is not None:
+            out["target"] = self.labels.encode(batch.column(self.labels.column).to_pylist())
+        return out
+
+    def unlabelled(self) -> ModelInput:
+        return ModelInput(self.target_frames, self.normalization)

@@ -102,10 +102,13 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
             _add_error(errors, rows, i, "internal", f"{type(err).__name__}: {err}")
 
     fbanks = extractor_for(cfg)(waves, half=True) if waves else []
-    features = _feature_table(rows.select(carried).take(pa.array(take, pa.int64())), meta,
-                              fbanks, cfg)
-    return features, pa.table({c: errors[c] for c in ERROR_COLUMNS},
-                              schema=pa.schema([(c, pa.string()) for c in ERROR_COLUMNS]))
+    features = _feature_table(
+        rows.select(carried).take(pa.array(take, pa.int64())), meta, fbanks, cfg
+    )
+    return features, pa.table(
+        {c: errors[c] for c in ERROR_COLUMNS},
+        schema=pa.schema([(c, pa.string()) for c in ERROR_COLUMNS]),
+    )
 
 
 def featurize_rows(rows: pa.Table, cfg: FeatureConfig) -> pa.Table:
@@ -127,8 +130,9 @@ def _optional(rows: pa.Table, name: str) -> list[float | None]:
     return [None] * rows.num_rows
 
 
-def _segments(n: int, rate: int, start: float | None, end: float | None, cfg: FeatureConfig
-              ) -> list[tuple[float, float]]:
+def _segments(
+    n: int, rate: int, start: float | None, end: float | None, cfg: FeatureConfig
+) -> list[tuple[float, float]]:
     """(start_s, end_s) pieces to featurize from a decoded file of n samples."""
     total = n / rate
     a = 0.0 if start is None or np.isnan(start) else float(start)
@@ -151,12 +155,12 @@ def _add_error(errors: dict, rows: pa.Table, i: int, reason: str, detail: str) -
     errors["detail"].append(detail[:1000])
 
 
-def _feature_table(carried: pa.Table, meta: dict, fbanks: list[np.ndarray],
-                   cfg: FeatureConfig) -> pa.Table:
+def _feature_table(
+    carried: pa.Table, meta: dict, fbanks: list[np.ndarray], cfg: FeatureConfig
+) -> pa.Table:
     F = cfg.num_mel_bins
     frames = np.array([f.shape[0] for f in fbanks], dtype=np.int32)
-    flat = (np.concatenate([f.reshape(-1) for f in fbanks]) if fbanks
-            else np.zeros(0, np.float16))
+    flat = np.concatenate([f.reshape(-1) for f in fbanks]) if fbanks else np.zeros(0, np.float16)
     offsets = np.concatenate([[0], np.cumsum(frames.astype(np.int64) * F)]).astype(np.int32)
     columns = {
         "clip_id": pa.array(meta["clip_id"], pa.string()),

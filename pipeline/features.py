@@ -115,8 +115,7 @@ def prepare_waveform(samples: np.ndarray, sample_rate: int, cfg: FeatureConfig) 
         mono = samples[:, 0]
     else:  # (n, c) @ (c,): numpy's mean over a short last axis is ~50x slower
         channels = samples.shape[1]
-        mono = samples.astype(np.float32, copy=False) @ np.full(channels, 1 / channels,
-                                                                np.float32)
+        mono = samples.astype(np.float32, copy=False) @ np.full(channels, 1 / channels, np.float32)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if sample_rate != cfg.sample_rate_hz:
         mono = soxr.resample(mono, sample_rate, cfg.sample_rate_hz, quality=cfg.resample_quality)
@@ -141,8 +140,14 @@ class FbankExtractor:
         w, n_fft = cfg.window_samples, cfg.fft_size
         self.window = torch.hann_window(w, periodic=False)
         banks, _ = get_mel_banks(
-            cfg.num_mel_bins, n_fft, float(cfg.sample_rate_hz), cfg.low_freq_hz,
-            cfg.high_freq_hz, 100.0, -500.0, 1.0,
+            cfg.num_mel_bins,
+            n_fft,
+            float(cfg.sample_rate_hz),
+            cfg.low_freq_hz,
+            cfg.high_freq_hz,
+            100.0,
+            -500.0,
+            1.0,
         )  # (F, fft/2): Kaldi banks, no VTLN warp
         self.banks_t = F.pad(banks, (0, 1)).T.contiguous()  # (fft/2 + 1, F)
         self.eps = torch.finfo(torch.float32).eps
@@ -194,8 +199,9 @@ class FbankExtractor:
             samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
             m = 1 + (samples.numel() - w) // s
             frames = samples.as_strided((m, w), (s, 1))  # (m, window) view, snip_edges
-            result = torch.empty((m, self.cfg.num_mel_bins),
-                                 dtype=torch.float16 if half else torch.float32)
+            result = torch.empty(
+                (m, self.cfg.num_mel_bins), dtype=torch.float16 if half else torch.float32
+            )
             for a in range(0, m, P):
                 result[a : a + P] = self._logmel(frames[a : a + P])  # casts when half
             result = result.numpy()

@@ -26,13 +26,8 @@ import pyarrow as pa
 from pipeline.clips import featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest
-from pipeline.schema import (
-    SCHEMA_VERSION,
-    read_json,
-    shard_metadata,
-    write_json,
-    write_parquet,
-)
+from pipeline.schema import SCHEMA_VERSION, shard_metadata
+from pipeline.storage import read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +85,10 @@ class FeaturizeSummary:
         for reason, n in sorted(i["errors_by_reason"].items()):
             lines.append(f"  error      {reason}: {n}")
         rate = self.shards_done_now and i["num_inputs"] / max(self.wall_s, 1e-9)
-        lines.append(f"this run     {self.shards_done_now} shards in {self.wall_s:.1f} s"
-                     + (f" ({rate:.1f} inputs/s)" if self.shards_done_now else " (all done)"))
+        lines.append(
+            f"this run     {self.shards_done_now} shards in {self.wall_s:.1f} s"
+            + (f" ({rate:.1f} inputs/s)" if self.shards_done_now else " (all done)")
+        )
         return "\n".join(lines)
 
 
@@ -117,14 +114,17 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
     done = _finished_shards(root)
     todo = [k for k in range(num_shards) if k not in done]
     if todo:
-        logger.info("featurizing %d of %d shards (%d already committed)", len(todo),
-                    num_shards, len(done))
+        logger.info(
+            "featurizing %d of %d shards (%d already committed)", len(todo), num_shards, len(done)
+        )
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
         # One operator only: Ray Data's per-operator reservation would keep half the CPUs
         # idle on small clusters (one shard task at a time on 2 CPUs).
         ds.context.op_resource_reservation_enabled = False
         ds = ds.map_batches(
-            _process_shards, batch_size=1, num_cpus=cfg.num_cpus_per_task,
+            _process_shards,
+            batch_size=1,
+            num_cpus=cfg.num_cpus_per_task,
             fn_kwargs={"manifest": manifest, "cfg": cfg, "root": root},
         )
         for _ in ds.iter_batches(batch_size=None):  # drive the stream; markers hold results
@@ -134,16 +134,23 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
     return FeaturizeSummary(root, info, len(todo), time.perf_counter() - start)
 
 
-def _claim_output(root: str, source: str, manifest: pa.Table, cfg: FeaturizeConfig,
-                  num_shards: int) -> None:
+def _claim_output(
+    root: str, source: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
+) -> None:
     """Record what this output holds; refuse to mix two different runs in one directory."""
     digest = hashlib.sha1()
     for col in ("uri", "start_s", "end_s"):
         if col in manifest.column_names:
             digest.update("\n".join(map(str, manifest.column(col).to_pylist())).encode())
-    job = {"schema_version": SCHEMA_VERSION, "feature_config": cfg.features.to_dict(),
-           "input": source, "input_sha1": digest.hexdigest(), "num_inputs": manifest.num_rows,
-           "clips_per_shard": cfg.clips_per_shard, "num_shards": num_shards}
+    job = {
+        "schema_version": SCHEMA_VERSION,
+        "feature_config": cfg.features.to_dict(),
+        "input": source,
+        "input_sha1": digest.hexdigest(),
+        "num_inputs": manifest.num_rows,
+        "clips_per_shard": cfg.clips_per_shard,
+        "num_shards": num_shards,
+    }
     previous = read_json(f"{root}/_job.json")
     if previous is not None:
         keys = ("schema_version", "feature_config", "input_sha1", "clips_per_shard")
@@ -167,8 +174,9 @@ def _finished_shards(root: str) -> set[int]:
     return {int(n[5:11]) for n in names if n.startswith("part-") and n.endswith(".json")}
 
 
-def _process_shards(batch: dict[str, np.ndarray], *, manifest: pa.Table, cfg: FeaturizeConfig,
-                    root: str) -> dict[str, np.ndarray]:
+def _process_shards(
+    batch: dict[str, np.ndarray], *, manifest: pa.Table, cfg: FeaturizeConfig, root: str
+) -> dict[str, np.ndarray]:
     """Ray Data UDF: featurize and commit each shard id in the batch."""
     import torch
 
@@ -186,8 +194,9 @@ def _process_shards(batch: dict[str, np.ndarray], *, manifest: pa.Table, cfg: Fe
     return {"shard": np.array(done)}
 
 
-def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,
-                 cfg: FeaturizeConfig) -> dict[str, Any]:
+def _shard_stats(
+    k: int, rows: pa.Table, features: pa.Table, errors: pa.Table, cfg: FeaturizeConfig
+) -> dict[str, Any]:
     F = cfg.features.num_mel_bins
     values = features.column("fbank").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     values = values.astype(np.float64).reshape(-1, F)  # (frames, F)
@@ -204,8 +213,9 @@ def _shard_stats(k: int, rows: pa.Table, features: pa.Table, errors: pa.Table,
     }
 
 
-def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
-               ) -> dict[str, Any]:
+def _aggregate(
+    root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
+) -> dict[str, Any]:
     stats = [read_json(f"{root}/_shards/part-{k:06d}.json") for k in range(num_shards)]
     missing = [k for k, s in enumerate(stats) if s is None]
     if missing:
@@ -243,8 +253,13 @@ def _aggregate(root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: 
     }
 
 
-def stream_features(source: str | pa.Table, features: FeatureConfig, batch_size: int = 16,
-                    num_cpus: float = 1.0, keep_errors: bool = False):
+def stream_features(
+    source: str | pa.Table,
+    features: FeatureConfig,
+    batch_size: int = 16,
+    num_cpus: float = 1.0,
+    keep_errors: bool = False,
+):
     """The same per-clip work as a lazy Ray Dataset of feature rows, nothing written.
 
     Bad clips are dropped from the stream and logged with their reason (the sharded job
@@ -258,7 +273,10 @@ def stream_features(source: str | pa.Table, features: FeatureConfig, batch_size:
     # One block per batch so every CPU (or actor downstream) gets clips to work on.
     blocks = [manifest.slice(k, batch_size) for k in range(0, manifest.num_rows, batch_size)]
     return ray.data.from_arrow(blocks or manifest).map_batches(
-        _stream_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus,
+        _stream_batch,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        num_cpus=num_cpus,
         fn_kwargs={"features": features, "keep_errors": keep_errors},
     )
 
@@ -267,8 +285,11 @@ def _stream_batch(rows: pa.Table, *, features: FeatureConfig, keep_errors: bool)
     if keep_errors:
         return featurize_rows(rows, features)
     feats, errors = featurize_table(rows, features)
-    for path, reason, detail in zip(errors.column("path").to_pylist(),
-                                    errors.column("reason").to_pylist(),
-                                    errors.column("detail").to_pylist(), strict=True):
+    for path, reason, detail in zip(
+        errors.column("path").to_pylist(),
+        errors.column("reason").to_pylist(),
+        errors.column("detail").to_pylist(),
+        strict=True,
+    ):
         logger.warning("skipping %s: %s (%s)", path, reason, detail)
     return feats

@@ -18,9 +18,20 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
-RESERVED = ("uri", "clip_id", "segment_index", "duration_s", "source_sample_rate",
-            "source_channels", "num_frames", "num_mel_bins", "fbank", "reason", "detail",
-            "row_index")
+RESERVED = (
+    "uri",
+    "clip_id",
+    "segment_index",
+    "duration_s",
+    "source_sample_rate",
+    "source_channels",
+    "num_frames",
+    "num_mel_bins",
+    "fbank",
+    "reason",
+    "detail",
+    "row_index",
+)
 """Columns the pipeline writes; a manifest may not bring its own."""
 
 
@@ -74,8 +85,7 @@ def _read_table(fs, path: str, source: str) -> pa.Table:
             # exactly as written.
             header = next(csv.reader([f.readline().decode("utf-8-sig")]), [])
             f.seek(0)
-            types = {c: pa.float64() if c in ("start_s", "end_s") else pa.string()
-                     for c in header}
+            types = {c: pa.float64() if c in ("start_s", "end_s") else pa.string() for c in header}
             table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
         elif lower.endswith((".jsonl", ".json", ".ndjson")):
             table = pajson.read_json(f)

@@ -38,30 +38,29 @@ Error columns: path, uri, reason (see :data:`pipeline.audio.REASONS`), detail.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.features import FeatureConfig
 
 SCHEMA_VERSION = 1
-FEATURE_COLUMNS = ("clip_id", "uri", "segment_index", "start_s", "end_s", "duration_s",
-                   "source_sample_rate", "source_channels", "num_frames", "num_mel_bins",
-                   "fbank")
+FEATURE_COLUMNS = (
+    "clip_id",
+    "uri",
+    "segment_index",
+    "start_s",
+    "end_s",
+    "duration_s",
+    "source_sample_rate",
+    "source_channels",
+    "num_frames",
+    "num_mel_bins",
+    "fbank",
+)
 ERROR_COLUMNS = ("path", "uri", "reason", "detail")
 METADATA_KEY = b"ssast.dataset"
 """Parquet key-value metadata of every shard: JSON {schema_version, feature_config}."""
-
-NORMALIZATION_PRESETS: dict[str, tuple[float, float]] = {
-    "audioset": (-4.2677393, 4.5689974),
-    "esc50": (-6.6268077, 5.358466),
-    "speechcommands": (-6.845978, 5.5654526),
-}
-"""(mean, std) of the original repositories, for comparison with published recipes."""
 
 
 def feature_columns() -> tuple[str, ...]:
@@ -70,8 +69,11 @@ def feature_columns() -> tuple[str, ...]:
 
 
 def shard_metadata(cfg: FeatureConfig) -> dict[bytes, bytes]:
-    return {METADATA_KEY: json.dumps({"schema_version": SCHEMA_VERSION,
-                                      "feature_config": cfg.to_dict()}).encode()}
+    return {
+        METADATA_KEY: json.dumps(
+            {"schema_version": SCHEMA_VERSION, "feature_config": cfg.to_dict()}
+        ).encode()
+    }
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,12 @@ class DatasetInfo:
     """``dataset.json`` of a featurized dataset."""
 
     root: str
-    schema_version: int
     feature_config: FeatureConfig
     num_rows: int
     num_errors: int
     hours: float
     mean: float
     std: float
-    raw: dict[str, Any]
 
     @property
     def features_dir(self) -> str:
@@ -120,59 +120,31 @@ def load_dataset_info(root: str, expected: FeatureConfig | None = None) -> Datas
         )
     cfg = FeatureConfig.from_dict(raw["feature_config"])
     check_feature_config(cfg, expected, where=path)
-    return DatasetInfo(root=root, schema_version=raw["schema_version"], feature_config=cfg,
-                       num_rows=raw["num_rows"], num_errors=raw["num_errors"],
-                       hours=raw["hours"], mean=raw["mean"], std=raw["std"], raw=raw)
-
-
-def check_feature_config(found: FeatureConfig, expected: FeatureConfig | None, where: str
-                         ) -> None:
-    """ValueError naming every field where ``found`` differs from ``expected``."""
-    if expected is None or found == expected:
-        return
-    a, b = found.to_dict(), expected.to_dict()
-    diff = [f"{k}: dataset {a[k]!r} vs expected {b[k]!r}" for k in a if a[k] != b[k]]
-    raise ValueError(
-        f"{where} was featurized with a different feature config ({'; '.join(diff)}); "
-        "featurize again with the expected config or change the expectation"
+    return DatasetInfo(
+        root=root,
+        feature_config=cfg,
+        num_rows=raw["num_rows"],
+        num_errors=raw["num_errors"],
+        hours=raw["hours"],
+        mean=raw["mean"],
+        std=raw["std"],
     )
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Write JSON atomically where the filesystem allows (local: temp file + rename)."""
-    fs, p = fsspec.core.url_to_fs(path)
-    text = json.dumps(payload, indent=2, sort_keys=True)
-    if is_local(fs):
-        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open(tmp, "w") as f:
-            f.write(text)
-        fs.mv(tmp, p)
-    else:  # an object store PUT is atomic: the object appears whole or not at all
-        with fs.open(p, "w") as f:
-            f.write(text)
+def check_feature_config(found: FeatureConfig, expected: FeatureConfig | None, where: str) -> None:
+    """ValueError naming every field where ``found`` differs from ``expected``."""
+    if expected is None or found == expected:
+        return
+    raise ValueError(
+        f"{where} was featurized with a different feature config "
+        f"({feature_diff(found, expected)}); featurize again with the expected config or "
+        "change the expectation"
+    )
 
 
-def write_parquet(table: pa.Table, path: str) -> None:
-    """Write one Parquet file (zstd) so that it appears whole or not at all."""
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    local = is_local(fs)
-    target = f"{p}.tmp-{uuid.uuid4().hex[:8]}" if local else p  # an object PUT is atomic
-    with fs.open(target, "wb") as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=64)
-    if local:
-        fs.mv(target, p)
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
-        return None
-    with fs.open(p, "r") as f:
-        return json.load(f)
-
-
-def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+def feature_diff(
+    found: FeatureConfig, expected: FeatureConfig, a: str = "dataset", b: str = "expected"
+) -> str:
+    """``field: a value vs b value`` for every field where the two configs differ."""
+    x, y = found.to_dict(), expected.to_dict()
+    return "; ".join(f"{k}: {a} {x[k]!r} vs {b} {y[k]!r}" for k in y if x.get(k) != y[k])

@@ -22,8 +22,7 @@ CLASSES = ("tone", "chirp", "noise_burst", "harmonic", "clicks", "am", "fm")
 RATES_HZ = (16000, 22050, 44100, 48000)
 FORMATS = (("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"))
 
-BROKEN_KINDS = ("random_bytes", "empty_file", "truncated", "non_finite", "zero_rate",
-                "missing")
+BROKEN_KINDS = ("random_bytes", "empty_file", "truncated", "non_finite", "zero_rate", "missing")
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,9 @@ class Clip:
     split: str
 
 
-def synthesize(label: str, duration_s: float, sample_rate: int, rng: np.random.Generator
-               ) -> np.ndarray:
+def synthesize(
+    label: str, duration_s: float, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """One mono event of class ``label``: (n,) float32 in [-1, 1]."""
     n = max(1, int(duration_s * sample_rate))
     t = np.arange(n) / sample_rate

@@ -4,7 +4,6 @@ Pure PyTorch + timm. Never imports ray, pipeline or jobs.
 """
 
 from ssast.checkpoint import (
-    classifier_to_original_state_dict,
     load_checkpoint,
     load_original_checkpoint,
     load_original_classifier,
@@ -14,6 +13,7 @@ from ssast.classifier import SSASTClassifier
 from ssast.config import GEOMETRIES, SIZES, SSASTConfig
 from ssast.masking import sample_cluster_mask, sample_random_mask
 from ssast.model import SSAST
+from ssast.original import classifier_to_original_state_dict
 
 __all__ = [
     "GEOMETRIES",

@@ -21,13 +21,19 @@ import numpy as np
 import torch
 
 
-def _uniform(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None
-             ) -> torch.Tensor:
+def _uniform(
+    shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=x.device, dtype=torch.float32)
 
 
-def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, fill: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def spec_augment(
+    x: torch.Tensor,
+    freq_mask: int,
+    time_mask: int,
+    fill: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One frequency band and one time span per clip set to ``fill`` (torchaudio's rule).
 
     Width ``floor(U * param)`` (so at most param - 1) and start
@@ -56,8 +62,9 @@ def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, fill: float = 
     return torch.where(keep, x, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
 
 
-def add_noise(x: torch.Tensor, generator: torch.Generator | None = None,
-              max_shift: int = 10) -> torch.Tensor:
+def add_noise(
+    x: torch.Tensor, generator: torch.Generator | None = None, max_shift: int = 10
+) -> torch.Tensor:
     """The original's noise augmentation: uniform [0, 1) noise scaled by U(0, 1) / 10 per
     clip, then a circular time shift by an integer in [-max_shift, max_shift - 1].
 
@@ -67,14 +74,18 @@ def add_noise(x: torch.Tensor, generator: torch.Generator | None = None,
     B, T, F = x.shape
     scale = _uniform((B, 1, 1), x, generator) / 10  # (B, 1, 1)
     x = x + _uniform((B, T, F), x, generator).to(x.dtype) * scale.to(x.dtype)
-    shift = torch.randint(-max_shift, max_shift, (B,), generator=generator,
-                          device=x.device)  # (B,)
+    shift = torch.randint(-max_shift, max_shift, (B,), generator=generator, device=x.device)  # (B,)
     src = (torch.arange(T, device=x.device)[None, :] - shift[:, None]) % T  # (B, T)
     return torch.gather(x, 1, src[:, :, None].expand(B, T, F))  # out[t] = x[t - shift]
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, rate: float, alpha: float = 10.0,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rate: float,
+    alpha: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each clip, with probability ``rate``, with a random partner of the same batch.
 
     ``x' = lam * x + (1 - lam) * x[partner]`` and the same for the targets, with

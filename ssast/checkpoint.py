@@ -32,67 +32,16 @@ import torch
 from ssast.classifier import SSASTClassifier
 from ssast.config import SIZES, SSASTConfig
 from ssast.model import SSAST
+from ssast.original import PREFIX as _PREFIX
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ssast-ray"
 FORMAT_VERSION = 1
-_PREFIX = "module."
-_TIMM_HEAD_CLASSES = 1000
 _PRETEXT = re.compile(r"^(mask_embed|[cg]predlayer\.[02]\.(weight|bias))$")
 _TIMM_HEAD = re.compile(r"^v\.head(_dist)?\.(weight|bias)$")
 
 StateDict = Mapping[str, torch.Tensor]
-
-
-# --------------------------------------------------------------------- export
-def to_original_state_dict(model: SSAST, include_timm_heads: bool = True) -> dict[str, Any]:
-    """A pretraining model's weights in the released checkpoints' layout.
-
-    The result loads into the original ``ASTModel`` wrapped in ``DataParallel`` (and its
-    fine-tuning constructor reads it as a pretrained file). The unused timm heads are
-    written as zeros when ``include_timm_heads`` so the key set matches a freshly saved
-    original model.
-    """
-    cfg = model.cfg
-    if not cfg.is_pretraining_geometry:
-        raise ValueError(
-            "the original pretrained layout needs the pretraining geometry (patch_stride == "
-            f"patch_shape), this model has stride {cfg.patch_stride}; export the model before "
-            "adapting it, or save a fine-tuned SSASTClassifier with classifier_to_original_"
-            "state_dict"
-        )
-    ours = model.state_dict()
-    out: dict[str, Any] = {
-        "p_input_fdim": torch.tensor(cfg.input_fdim, dtype=torch.int64),
-        "p_input_tdim": torch.tensor(cfg.input_tdim, dtype=torch.int64),
-        "mask_embed": ours["mask_embed"],
-    }
-    out.update(_encoder_to_original(model, include_timm_heads))
-    out.update({k: v for k, v in ours.items() if k.startswith(("cpredlayer.", "gpredlayer."))})
-    return {_PREFIX + k: v.detach().clone() for k, v in out.items()}
-
-
-def classifier_to_original_state_dict(model: SSASTClassifier) -> dict[str, torch.Tensor]:
-    """A fine-tuned classifier in the original fine-tuning layout (``mlp_head``)."""
-    out = _encoder_to_original(model, include_timm_heads=True)
-    out.update({"mlp_head." + k: v for k, v in model.head.state_dict().items()})
-    return {_PREFIX + k: v.detach().clone() for k, v in out.items()}
-
-
-def _encoder_to_original(model, include_timm_heads: bool) -> dict[str, torch.Tensor]:
-    enc = model.encoder.state_dict()
-    # The original's emission order: v's own parameters, then its children.
-    first = ["cls_token", "pos_embed"] + (["dist_token"] if "dist_token" in enc else [])
-    out = {"v." + k: enc[k] for k in first}
-    out.update({"v." + k: v for k, v in enc.items() if k not in first})
-    if include_timm_heads:
-        D = model.cfg.preset.embed_dim
-        heads = ["head"] + (["head_dist"] if "dist_token" in enc else [])
-        for h in heads:
-            out[f"v.{h}.weight"] = torch.zeros(_TIMM_HEAD_CLASSES, D)
-            out[f"v.{h}.bias"] = torch.zeros(_TIMM_HEAD_CLASSES)
-    return out
 
 
 # --------------------------------------------------------------------- import
@@ -114,8 +63,9 @@ def load_original_checkpoint(
     """
     model = _from_original(_read(path_or_state_dict), _describe(path_or_state_dict), num_masked)
     if patch_stride is not None or input_tdim is not None or input_fdim is not None:
-        model = model.adapted(patch_stride=patch_stride, input_tdim=input_tdim,
-                              input_fdim=input_fdim)
+        model = model.adapted(
+            patch_stride=patch_stride, input_tdim=input_tdim, input_fdim=input_fdim
+        )
     return model
 
 
@@ -150,15 +100,21 @@ def _from_original(raw: Mapping[str, Any], where: str, num_masked: int = 400) ->
     if missing_encoder:
         raise ValueError(f"{where} lacks encoder weights: {missing_encoder[:8]}")
     if missing:
-        logger.warning("%s has no pretext heads (%s); they keep their random init", where,
-                       ", ".join(missing))
+        logger.warning(
+            "%s has no pretext heads (%s); they keep their random init", where, ", ".join(missing)
+        )
     model.load_state_dict(mapped, strict=False)
     return model
 
 
 def _config_from_original(state: StateDict, where: str, num_masked: int) -> SSASTConfig:
-    need = ["v.patch_embed.proj.weight", "v.cls_token", "v.pos_embed", "p_input_fdim",
-            "p_input_tdim"]
+    need = [
+        "v.patch_embed.proj.weight",
+        "v.cls_token",
+        "v.pos_embed",
+        "p_input_fdim",
+        "p_input_tdim",
+    ]
     absent = [k for k in need if k not in state]
     if absent:
         raise ValueError(
@@ -176,8 +132,14 @@ def _config_from_original(state: StateDict, where: str, num_masked: int) -> SSAS
         raise ValueError(f"{where}: token width {D} matches no SSAST size (192, 384, 768)")
     patch_shape = tuple(state["v.patch_embed.proj.weight"].shape[2:])
     fdim, tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
-    cfg = SSASTConfig(size=size, patch_shape=patch_shape, patch_stride=patch_shape,
-                      input_fdim=fdim, input_tdim=tdim, num_masked=1)
+    cfg = SSASTConfig(
+        size=size,
+        patch_shape=patch_shape,
+        patch_stride=patch_shape,
+        input_fdim=fdim,
+        input_tdim=tdim,
+        num_masked=1,
+    )
     return cfg.replace(num_masked=min(num_masked, cfg.num_patches))
 
 
@@ -195,21 +157,23 @@ def load_original_classifier(
         raise ValueError(f"{_describe(finetuned)} has no mlp_head.*: not a fine-tuned file")
     clf = SSASTClassifier(base.cfg, state["mlp_head.1.weight"].shape[0], pooling)
     enc = {k[2:]: v for k, v in state.items() if k.startswith("v.") and not _TIMM_HEAD.match(k)}
-    head = {k[len("mlp_head."):]: v for k, v in state.items() if k.startswith("mlp_head.")}
+    head = {k[len("mlp_head.") :]: v for k, v in state.items() if k.startswith("mlp_head.")}
     _load_strict(clf.encoder, enc, _describe(finetuned))
     _load_strict(clf.head, head, _describe(finetuned))
     return clf
 
 
 # ------------------------------------------------------------------ our format
-def save_checkpoint(model: SSAST | SSASTClassifier, path: str | os.PathLike,
-                    extra: Mapping[str, Any] | None = None) -> None:
+def save_checkpoint(
+    model: SSAST | SSASTClassifier, path: str | os.PathLike, extra: Mapping[str, Any] | None = None
+) -> None:
     """Write our checkpoint: weights plus the config needed to rebuild the model."""
     torch.save(checkpoint_payload(model, extra), path)
 
 
-def checkpoint_payload(model: SSAST | SSASTClassifier,
-                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def checkpoint_payload(
+    model: SSAST | SSASTClassifier, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The dict :func:`save_checkpoint` writes (for callers that add optimizer state)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -238,8 +202,9 @@ def load_checkpoint(
         )
     cfg = SSASTConfig.from_dict(payload["config"])
     if payload["kind"] == "classifier":
-        model: SSAST | SSASTClassifier = SSASTClassifier(cfg, payload["num_classes"],
-                                                         payload["pooling"])
+        model: SSAST | SSASTClassifier = SSASTClassifier(
+            cfg, payload["num_classes"], payload["pooling"]
+        )
     else:
         model = SSAST(cfg)
     _load_strict(model, payload["state_dict"], _describe(path_or_payload))
@@ -259,7 +224,7 @@ def _read(source) -> dict[str, Any]:
 
 
 def _strip_prefix(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    return {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v for k, v in state.items()}
+    return {k[len(_PREFIX) :] if k.startswith(_PREFIX) else k: v for k, v in state.items()}
 
 
 def _describe(source) -> str:
@@ -272,7 +237,8 @@ def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], whe
     problems += [f"unexpected {k}" for k in state if k not in own]
     problems += [
         f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items() if k in own and own[k].shape != v.shape
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
     ]
     if problems:
         raise ValueError(f"{where} does not fit the model: " + "; ".join(problems[:8]))

@@ -91,7 +91,10 @@ def sample_cluster_mask(
     inside = (
         (offs[:, None] < side[:, None, None, None])  # row offset < this clip's side
         & (offs[None, :] < side[:, None, None, None])  # col offset < side
-        & (rows >= 0) & (rows < f_dim) & (cols >= 0) & (cols < t_dim)
+        & (rows >= 0)
+        & (rows < f_dim)
+        & (cols >= 0)
+        & (cols < t_dim)
     )  # (B, S, c, c)
     flat = (rows * t_dim + cols).masked_fill(~inside, N)  # (B, S, c, c); N = dropped
     order = torch.arange(num_blocks, device=device).view(1, -1, 1, 1).expand_as(flat)
@@ -105,8 +108,9 @@ def sample_cluster_mask(
 
 def mask_to_bool(mask_index: torch.Tensor, num_patches: int) -> torch.Tensor:
     """(B, M) indices -> (B, N) bool, True where masked."""
-    dense = torch.zeros(mask_index.shape[0], num_patches, dtype=torch.bool,
-                        device=mask_index.device)
+    dense = torch.zeros(
+        mask_index.shape[0], num_patches, dtype=torch.bool, device=mask_index.device
+    )
     return dense.scatter_(1, mask_index, True)
 
 
@@ -129,6 +133,4 @@ def _num_blocks(grid: tuple[int, int], num_masked: int, side: int) -> int:
 
 def _check_counts(num_patches: int, num_masked: int) -> None:
     if not 1 <= num_masked <= num_patches:
-        raise ValueError(
-            f"num_masked must be in [1, num_patches={num_patches}], got {num_masked}"
-        )
+        raise ValueError(f"num_masked must be in [1, num_patches={num_patches}], got {num_masked}")

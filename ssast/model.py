@@ -20,6 +20,7 @@ from ssast.config import SSASTConfig
 from ssast.encoder import SpectrogramEncoder
 from ssast.masking import mask_to_bool, sample_cluster_mask, sample_random_mask
 from ssast.objective import gather_patches, info_nce, reconstruction_mse
+from ssast.original import to_original_state_dict
 from ssast.patching import adapt_pos_embed, patchify
 
 
@@ -74,8 +75,9 @@ class SSAST(nn.Module):
         cfg = self.cfg
         M = cfg.num_masked if num_masked is None else num_masked
         if cfg.resolved_mask_strategy == "cluster":
-            return sample_cluster_mask(batch_size, cfg.grid, M, cfg.cluster_sizes, generator,
-                                       device)
+            return sample_cluster_mask(
+                batch_size, cfg.grid, M, cfg.cluster_sizes, generator, device
+            )
         return sample_random_mask(batch_size, cfg.num_patches, M, generator, device)
 
     def pretrain_loss(
@@ -117,8 +119,9 @@ class SSAST(nn.Module):
         targets = gather_patches(patches, mask_index).detach()  # (B, M, P)
 
         if two_pass:
-            second = mask_index if given else self.sample_mask(B, num_masked, generator,
-                                                                fbank.device)
+            second = (
+                mask_index if given else self.sample_mask(B, num_masked, generator, fbank.device)
+            )
             hidden_c = self._masked_hidden(patches, mask_index)
             hidden_g = self._masked_hidden(patches, second)
             targets_g = gather_patches(patches, second).detach()
@@ -187,7 +190,9 @@ class SSAST(nn.Module):
         new_cfg = new_cfg.replace(num_masked=min(cfg.num_masked, new_cfg.num_patches))
         state = dict(self.state_dict())
         state["encoder.pos_embed"] = adapt_pos_embed(
-            state["encoder.pos_embed"].detach(), cfg.preset.num_extra_tokens, cfg.grid,
+            state["encoder.pos_embed"].detach(),
+            cfg.preset.num_extra_tokens,
+            cfg.grid,
             new_cfg.grid,
         )
         model = SSAST(new_cfg)
@@ -197,17 +202,17 @@ class SSAST(nn.Module):
     # ------------------------------------------------------------ checkpoints
     def to_original_state_dict(self, include_timm_heads: bool = True) -> dict[str, torch.Tensor]:
         """State dict in the released SSAST checkpoints' layout (``module.``-prefixed)."""
-        from ssast.checkpoint import to_original_state_dict
-
         return to_original_state_dict(self, include_timm_heads=include_timm_heads)
 
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-                        assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False
+    ):
         """As ``nn.Module.load_state_dict``, but a shape mismatch is a ``ValueError``."""
         own = self.state_dict()
         bad = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in state_dict.items() if k in own and own[k].shape != v.shape
+            for k, v in state_dict.items()
+            if k in own and own[k].shape != v.shape
         ]
         if bad:
             raise ValueError(
@@ -233,4 +238,3 @@ class SSAST(nn.Module):
             )
         if mask_index.dtype != torch.long:
             raise ValueError(f"mask_index must be torch.long, got {mask_index.dtype}")
-

@@ -5,16 +5,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.finetune_config import FinetuneConfig
-from jobs.pretrain_config import PretrainConfig
-from jobs.tune_config import TuneJobConfig
-from pipeline.config import load_config
+from jobs.finetuning.config import FinetuneConfig
+from jobs.kit.config import load_config
+from jobs.pretraining.config import PretrainConfig
+from jobs.tuning.config import TuneJobConfig
 from pipeline.featurize import FeaturizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
-KINDS = {"featurize": (FeaturizeConfig,), "pretrain": (PretrainConfig,),
-         "finetune": (FinetuneConfig, TuneJobConfig), "tune": (TuneJobConfig,)}
+KINDS = {
+    "featurize": (FeaturizeConfig,),
+    "pretrain": (PretrainConfig,),
+    "finetune": (FinetuneConfig, TuneJobConfig),
+    "tune": (TuneJobConfig,),
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -42,7 +46,8 @@ def test_configuration_reference_is_current():
     text = config_reference.render()
     assert config_reference.DOC.read_text() == text, (
         "docs/configuration.md is out of date: run .venv/bin/python -m jobs.config_reference "
-        "--write")
+        "--write"
+    )
     # Every key of every job is documented, with its meaning.
     for _, cls in config_reference.JOBS:
         for key, _, _, meaning in config_reference.rows(cls()):

@@ -16,9 +16,11 @@ validate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(validate)
 ManifestError = validate.ManifestError
 
-INFRA_FILES = sorted(p for p in (ROOT / "infra").rglob("*")
-                     if p.is_file() and p.suffix in (".yaml", ".yml", "") and
-                     "__pycache__" not in p.parts)
+INFRA_FILES = sorted(
+    p
+    for p in (ROOT / "infra").rglob("*")
+    if p.is_file() and p.suffix in (".yaml", ".yml", "") and "__pycache__" not in p.parts
+)
 
 
 def test_every_infra_file_has_a_check():
@@ -41,8 +43,12 @@ def test_shipped_job_configs_are_all_loaded_by_test_configs():
 
 
 def test_validate_script_exits_zero():
-    done = subprocess.run([sys.executable, str(ROOT / "infra" / "validate.py")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "infra" / "validate.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
 
@@ -60,18 +66,21 @@ def pretrain_job() -> dict:
 
 
 def gpu_group(doc: dict) -> dict:
-    return next(g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-                if g["groupName"] == "gpu")
+    return next(
+        g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"
+    )
 
 
 def broken_jobs():
     """(what is wrong, mutate(doc), expected message part) for the pretraining RayJob."""
+
     def set_in(path, value):
         def mutate(doc):
             node = doc
             for key in path[:-1]:
                 node = node[key]
             node[path[-1]] = value
+
         return mutate
 
     def fewer_gpus(doc):
@@ -99,26 +108,45 @@ def broken_jobs():
     return [
         ("old ray", set_in(["spec", "rayClusterSpec", "rayVersion"], "2.59.0"), "rayVersion"),
         ("no auth", set_in(["spec", "rayClusterSpec", "authOptions"], {}), "token"),
-        ("busy head", set_in(["spec", "rayClusterSpec", "headGroupSpec", "rayStartParams"],
-                             {}), "num-cpus"),
+        (
+            "busy head",
+            set_in(["spec", "rayClusterSpec", "headGroupSpec", "rayStartParams"], {}),
+            "num-cpus",
+        ),
         ("too few gpus", fewer_gpus, "do not fit"),
         ("gpu taint", no_toleration, "taint"),
         ("cpu image", cpu_image, "-cuda"),
         ("requests > limits", greedy_request, "exceeds limits"),
-        ("missing script", entry(job.replace("jobs/pretrain.py", "jobs/pretrian.py")),
-         "does not exist"),
-        ("missing config", entry(job.replace("pretrain_base_patch", "pretrain_huge")),
-         "pretrain_huge"),
+        (
+            "missing script",
+            entry(job.replace("jobs/pretrain.py", "jobs/pretrian.py")),
+            "does not exist",
+        ),
+        (
+            "missing config",
+            entry(job.replace("pretrain_base_patch", "pretrain_huge")),
+            "pretrain_huge",
+        ),
         ("bad override", entry(job + " optim.lr=-1"), "optim.lr"),
         ("unknown key", entry(job + " train.max_stpes=3"), "max_stpes"),
-        ("local output", entry(job.replace("s3://YOUR-BUCKET/ssast/pretrain", "/tmp/x")),
-         "s3://"),
-        ("no mlflow", set_in(["spec", "runtimeEnvYAML"],
-                             "working_dir: /home/ray/ssast\nenv_vars: "
-                             "{RAY_DATA_PARQUET_FOOTER_NUM_ACTORS: '4'}\n"), "MLflow"),
-        ("wrong working dir", set_in(["spec", "runtimeEnvYAML"],
-                                     pretrain_job()["spec"]["runtimeEnvYAML"].replace(
-                                         "/home/ray/ssast", "/app")), "WORKDIR"),
+        ("local output", entry(job.replace("s3://YOUR-BUCKET/ssast/pretrain", "/tmp/x")), "s3://"),
+        (
+            "no mlflow",
+            set_in(
+                ["spec", "runtimeEnvYAML"],
+                "working_dir: /home/ray/ssast\nenv_vars: "
+                "{RAY_DATA_PARQUET_FOOTER_NUM_ACTORS: '4'}\n",
+            ),
+            "MLflow",
+        ),
+        (
+            "wrong working dir",
+            set_in(
+                ["spec", "runtimeEnvYAML"],
+                pretrain_job()["spec"]["runtimeEnvYAML"].replace("/home/ray/ssast", "/app"),
+            ),
+            "WORKDIR",
+        ),
     ]
 
 
@@ -159,9 +187,11 @@ def test_dockerfile_and_runtime_env_checks_reject(tmp_path, monkeypatch):
         leaked.write_text("env_vars: {AWS_SECRET_ACCESS_KEY: abc}\n")
         validate.check_no_credentials(leaked)
     text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
-    for wrong, message in ((text.replace("2.60.0-py311", "2.59.0-py311"), "base image"),
-                           (text + "\nCOPY --chown=ray:users nowhere nowhere\n", "nowhere"),
-                           (text.replace(" . \\", " ssast-ray==0.1 \\"), "pip install")):
+    for wrong, message in (
+        (text.replace("2.60.0-py311", "2.59.0-py311"), "base image"),
+        (text + "\nCOPY --chown=ray:users nowhere nowhere\n", "nowhere"),
+        (text.replace(" . \\", " ssast-ray==0.1 \\"), "pip install"),
+    ):
         path = tmp_path / "Dockerfile"
         path.write_text(wrong)
         with pytest.raises(ManifestError, match=message):

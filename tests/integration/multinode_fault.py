@@ -16,25 +16,40 @@ import time
 import ray
 from ray.cluster_utils import Cluster
 
-from jobs.pretrain_config import PretrainConfig
-from jobs.pretraining import run_pretraining
-from pipeline.config import load_config
+from jobs.kit.config import load_config
+from jobs.pretraining.config import PretrainConfig
+from jobs.pretraining.driver import run_pretraining
 
 data, storage, uri = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
 trainer_node = cluster.add_node(num_cpus=2, resources={"trainer": 2})
 cluster.wait_for_nodes()
-ray.init(address=cluster.address,
-         runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2"}})
+ray.init(
+    address=cluster.address, runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2"}}
+)
 events = {}
 
 
-cfg = load_config(PretrainConfig, None, [
-    "model.input_tdim=256", "model.num_masked=100", "train.batch_size=4", "train.log_every=5",
-    "train.checkpoint_every=10", "train.image_every=0", "optim.warmup_steps=3",
-    "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
-    "train.max_steps=40", "name=fault", f"mlflow.tracking_uri={uri}", "data.limit=8",
-])
+cfg = load_config(
+    PretrainConfig,
+    None,
+    [
+        "model.input_tdim=256",
+        "model.num_masked=100",
+        "train.batch_size=4",
+        "train.log_every=5",
+        "train.checkpoint_every=10",
+        "train.image_every=0",
+        "optim.warmup_steps=3",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.worker_resources={trainer: 1}",
+        "train.max_steps=40",
+        "name=fault",
+        f"mlflow.tracking_uri={uri}",
+        "data.limit=8",
+    ],
+)
 outcome = {}
 
 

@@ -32,13 +32,19 @@ def test_featurize_writes_features_errors_and_statistics(ray_session, sample_cor
     summary = featurize(str(manifest), out, FeaturizeConfig(clips_per_shard=8))
     feats, errors = read_all(out, "features"), read_all(out, "errors")
     assert feats.num_rows == good and errors.num_rows == 6
-    wanted = [line.split(",")[0] for line in manifest.read_text().splitlines()[1:]
-              if "broken" not in line]
+    wanted = [
+        line.split(",")[0] for line in manifest.read_text().splitlines()[1:] if "broken" not in line
+    ]
     assert sorted(feats.column("path").to_pylist()) == sorted(wanted)
     info = load_dataset_info(out, expected=FeatureConfig())
     assert info.num_rows == good and info.num_errors == 6
-    assert summary.info["errors_by_reason"] == {"unreadable": 2, "empty_file": 1, "missing": 1,
-                                                "non_finite": 1, "zero_sample_rate": 1}
+    assert summary.info["errors_by_reason"] == {
+        "unreadable": 2,
+        "empty_file": 1,
+        "missing": 1,
+        "non_finite": 1,
+        "zero_sample_rate": 1,
+    }
     values = np.concatenate([np.asarray(v, np.float64) for v in feats.column("fbank").to_pylist()])
     assert info.mean == pytest.approx(values.mean(), abs=1e-6)
     assert info.std == pytest.approx(values.std(), rel=1e-6)
@@ -47,8 +53,7 @@ def test_featurize_writes_features_errors_and_statistics(ray_session, sample_cor
     assert b"ssast.dataset" in meta
 
 
-def test_rerun_is_idempotent_and_other_configs_are_refused(ray_session, sample_corpus,
-                                                           tmp_path):
+def test_rerun_is_idempotent_and_other_configs_are_refused(ray_session, sample_corpus, tmp_path):
     manifest, good = sample_corpus
     out = str(tmp_path / "ds")
     featurize(str(manifest), out, FeaturizeConfig(clips_per_shard=8))
@@ -67,13 +72,24 @@ def test_rerun_is_idempotent_and_other_configs_are_refused(ray_session, sample_c
 def test_killed_job_reruns_to_completion_without_duplicates(ray_session, tmp_path):
     from pipeline.synth import write_corpus
 
-    manifest = write_corpus(tmp_path / "c", num_clips=60, duration_s=(4.0, 6.0), seed=5,
-                            broken=False)
+    manifest = write_corpus(
+        tmp_path / "c", num_clips=60, duration_s=(4.0, 6.0), seed=5, broken=False
+    )
     out = tmp_path / "ds"
-    cmd = [sys.executable, str(ROOT / "jobs" / "featurize.py"), "--input", str(manifest),
-           "--output", str(out), "--num-cpus", "1", "clips_per_shard=4"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "featurize.py"),
+        "--input",
+        str(manifest),
+        "--output",
+        str(out),
+        "--num-cpus",
+        "1",
+        "clips_per_shard=4",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 2:
         time.sleep(0.2)
@@ -115,5 +131,6 @@ def test_streaming_mode_yields_the_same_features(ray_session, sample_corpus, tmp
     featurize(str(manifest), out, FeaturizeConfig(clips_per_shard=8))
     stored = {r["clip_id"]: r for r in read_all(out, "features").to_pylist()}
     for row in rows:
-        np.testing.assert_array_equal(np.asarray(row["fbank"]),
-                                      np.asarray(stored[row["clip_id"]]["fbank"]))
+        np.testing.assert_array_equal(
+            np.asarray(row["fbank"]), np.asarray(stored[row["clip_id"]]["fbank"])
+        )

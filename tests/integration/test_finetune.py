@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from jobs import evaluate, finetune, predict
-from jobs.tune_config import TuneJobConfig
-from jobs.tuning import run_tuning
-from pipeline.config import load_config
+from jobs.kit.config import load_config
+from jobs.tuning.config import TuneJobConfig
+from jobs.tuning.driver import run_tuning
 from pipeline.synth import CLASSES, write_corpus
 from ssast import SSAST, SSASTClassifier, SSASTConfig, load_checkpoint
 
@@ -35,10 +35,12 @@ def labelled(ray_session, tmp_path_factory):
     from pipeline.featurize import FeaturizeConfig, featurize
 
     root = tmp_path_factory.mktemp("labelled")
-    manifest = write_corpus(root / "corpus", num_clips=140, duration_s=(1.0, 2.0), seed=5,
-                            rates_hz=(16000, 22050))
-    result = featurize(str(manifest), str(root / "ds"),
-                       FeaturizeConfig(clips_per_shard=35, max_error_fraction=0.1))
+    manifest = write_corpus(
+        root / "corpus", num_clips=140, duration_s=(1.0, 2.0), seed=5, rates_hz=(16000, 22050)
+    )
+    result = featurize(
+        str(manifest), str(root / "ds"), FeaturizeConfig(clips_per_shard=35, max_error_fraction=0.1)
+    )
     rows = pq.read_table(root / "ds" / "features", columns=["path"]).num_rows
     errors = pq.read_table(root / "ds" / "errors", columns=["path"]).num_rows
     assert rows == 140 and errors >= 1, result
@@ -50,10 +52,26 @@ def scratch_run(labelled, mlflow_server, tmp_path_factory):
     """jobs/finetune.py from random init: (output dir, metrics.json)."""
     _, data, _, _ = labelled
     out = tmp_path_factory.mktemp("scratch") / "run"
-    assert finetune.main(["--config", SAMPLE, "--data", data, "--output", str(out),
-                          "--init", "scratch", *FAST, "train.max_epochs=12", "name=scratch",
-                          f"mlflow.tracking_uri={mlflow_server}",
-                          "mlflow.registered_model=ssast-sample-classifier"]) == 0
+    assert (
+        finetune.main(
+            [
+                "--config",
+                SAMPLE,
+                "--data",
+                data,
+                "--output",
+                str(out),
+                "--init",
+                "scratch",
+                *FAST,
+                "train.max_epochs=12",
+                "name=scratch",
+                f"mlflow.tracking_uri={mlflow_server}",
+                "mlflow.registered_model=ssast-sample-classifier",
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "metrics.json").read_text())
 
 
@@ -88,16 +106,28 @@ def test_finetune_from_scratch_is_well_above_chance_and_tracked(scratch_run, mlf
 def test_evaluate_reproduces_the_test_metrics(scratch_run, labelled, tmp_path, capsys):
     out, metrics = scratch_run
     _, data, _, _ = labelled
-    assert evaluate.main(["--model", str(out / "model.pt"), "--data", data, "--split", "test",
-                          "--output", str(tmp_path)]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(out / "model.pt"),
+                "--data",
+                data,
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert again["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
     assert again["test/mAP"] == pytest.approx(metrics["test/mAP"], abs=1e-6)
     assert "tone" in capsys.readouterr().out  # the per-class report
 
 
-def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_server,
-                                                                 tmp_path):
+def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_server, tmp_path):
     """A file in the released SSAST layout (DataParallel keys, 1024 frames) starts a
     linear probe on 2 workers: the encoder stays exactly the checkpoint's, positions
     cropped to 128 frames."""
@@ -108,11 +138,28 @@ def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_s
     torch.save(pretrained.to_original_state_dict(), released)
     assert all(k.startswith("module.") for k in torch.load(released, weights_only=True))
     out = tmp_path / "probe"
-    assert finetune.main(["--config", SAMPLE, "--data", data, "--output", str(out),
-                          "--init", str(released), *FAST, "train.max_epochs=2",
-                          "train.linear_probe=true", "optim.lr=1e-2", "name=probe",
-                          "scaling.num_workers=2",
-                          f"mlflow.tracking_uri={mlflow_server}"]) == 0
+    assert (
+        finetune.main(
+            [
+                "--config",
+                SAMPLE,
+                "--data",
+                data,
+                "--output",
+                str(out),
+                "--init",
+                str(released),
+                *FAST,
+                "train.max_epochs=2",
+                "train.linear_probe=true",
+                "optim.lr=1e-2",
+                "name=probe",
+                "scaling.num_workers=2",
+                f"mlflow.tracking_uri={mlflow_server}",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["test/accuracy"] <= 1
     clf = load_checkpoint(str(out / "model.pt"))
@@ -125,13 +172,16 @@ def test_released_checkpoint_is_a_starting_point_same_command(labelled, mlflow_s
     assert clf.encoder.pos_embed.shape[1] == 2 + 8 * 8  # cls + dist, 8 x 8 patches
 
 
-def test_predict_one_row_per_clip_errors_table_and_embeddings(scratch_run, labelled,
-                                                              tmp_path):
+def test_predict_one_row_per_clip_errors_table_and_embeddings(scratch_run, labelled, tmp_path):
     out, _ = scratch_run
     manifest, data, good, broken = labelled
     model = str(out / "model.pt")
-    assert predict.main(["--model", model, "--input", str(manifest), "--output",
-                         str(tmp_path / "m"), "top_k=3"]) == 0
+    assert (
+        predict.main(
+            ["--model", model, "--input", str(manifest), "--output", str(tmp_path / "m"), "top_k=3"]
+        )
+        == 0
+    )
     preds = pq.read_table(tmp_path / "m" / "predictions").to_pylist()
     errors = pq.read_table(tmp_path / "m" / "errors").to_pylist()
     assert len(preds) == good and len(errors) == broken
@@ -144,37 +194,68 @@ def test_predict_one_row_per_clip_errors_table_and_embeddings(scratch_run, label
         assert r["top_scores"] == sorted(r["top_scores"], reverse=True)
 
     # The featurized dataset gives the same predictions as decoding the manifest.
-    assert predict.main(["--model", model, "--input", data, "--output",
-                         str(tmp_path / "f"), "top_k=3"]) == 0
-    from_features = {r["path"]: r for r in pq.read_table(tmp_path / "f" / "predictions")
-                     .to_pylist()}
+    assert (
+        predict.main(
+            ["--model", model, "--input", data, "--output", str(tmp_path / "f"), "top_k=3"]
+        )
+        == 0
+    )
+    from_features = {
+        r["path"]: r for r in pq.read_table(tmp_path / "f" / "predictions").to_pylist()
+    }
     assert len(from_features) == good
     for r in preds:
         f = from_features[r["path"]]
         assert f["top_labels"][0] == r["top_labels"][0]
         assert f["top_scores"][0] == pytest.approx(r["top_scores"][0], abs=1e-3)
 
-    assert predict.main(["--model", model, "--input", data, "--output",
-                         str(tmp_path / "e"), "mode=embeddings"]) == 0
+    assert (
+        predict.main(
+            ["--model", model, "--input", data, "--output", str(tmp_path / "e"), "mode=embeddings"]
+        )
+        == 0
+    )
     emb = pq.read_table(tmp_path / "e" / "predictions")
     assert emb.num_rows == good
     assert {len(v) for v in emb.column("embedding").to_pylist()} == {192}  # tiny width
 
 
 def test_tune_sweep_restores_after_the_driver_dies_and_registers_the_best(
-        labelled, mlflow_server, ray_session, tmp_path):
+    labelled, mlflow_server, ray_session, tmp_path
+):
     """4 trials, ASHA, 2 at a time on 2 CPUs' worth of resources. The first driver is
     killed after the first trial reported; the same command restores the sweep."""
     _, data, _, _ = labelled
     out = tmp_path / "sweep"
-    args = ["--config", SAMPLE, "--data", data, "--output", str(out), "--num-samples", "4",
-            *FAST, "train.max_epochs=3", "scaling.cpus_per_worker=0.5",
-            "tune.max_concurrent_trials=2", "name=sweep", f"mlflow.tracking_uri={mlflow_server}"]
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
-           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-    driver = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    args = [
+        "--config",
+        SAMPLE,
+        "--data",
+        data,
+        "--output",
+        str(out),
+        "--num-samples",
+        "4",
+        *FAST,
+        "train.max_epochs=3",
+        "scaling.cpus_per_worker=0.5",
+        "tune.max_concurrent_trials=2",
+        "name=sweep",
+        f"mlflow.tracking_uri={mlflow_server}",
+    ]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    }
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while not any(p.stat().st_size for p in out.glob("sweep/*/result.json")):
@@ -187,7 +268,7 @@ def test_tune_sweep_restores_after_the_driver_dies_and_registers_the_best(
     first = {"_".join(p.name.split("_")[2:4]) for p in out.glob("sweep/trial_main_*")}
     assert first
 
-    cfg = load_config(TuneJobConfig, SAMPLE, args[args.index(FAST[0]):] + ["tune.num_samples=4"])
+    cfg = load_config(TuneJobConfig, SAMPLE, args[args.index(FAST[0]) :] + ["tune.num_samples=4"])
     result = run_tuning(data, str(out), cfg)
     table = result.table
     assert len(table) == 4 and set(table["status"]) == {"OK"}
@@ -200,8 +281,9 @@ def test_tune_sweep_restores_after_the_driver_dies_and_registers_the_best(
     client = mlflow.MlflowClient(mlflow_server)
     parent = client.get_run(result.mlflow_run_id)
     assert parent.info.status == "FINISHED"
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'"
+    )
     assert len(children) == 4
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
     [version] = client.search_model_versions("name = 'ssast-tuned'")

@@ -6,21 +6,29 @@ import mlflow
 import pytest
 import torch
 
-from jobs.pretrain_config import PretrainConfig
-from jobs.pretraining import run_pretraining
-from pipeline.config import load_config
+from jobs.kit.config import load_config
+from jobs.pretraining.config import PretrainConfig
+from jobs.pretraining.driver import run_pretraining
 from ssast import load_checkpoint, load_original_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-FAST = ["model.input_tdim=256", "model.num_masked=100", "train.batch_size=4",
-        "train.log_every=5", "train.checkpoint_every=10", "train.image_every=10",
-        "optim.warmup_steps=3", "scaling.cpus_per_worker=1"]
+FAST = [
+    "model.input_tdim=256",
+    "model.num_masked=100",
+    "train.batch_size=4",
+    "train.log_every=5",
+    "train.checkpoint_every=10",
+    "train.image_every=10",
+    "optim.warmup_steps=3",
+    "scaling.cpus_per_worker=1",
+]
 
 
 def pretrain_config(tracking_uri: str, overrides: list[str]) -> PretrainConfig:
-    return load_config(PretrainConfig, None,
-                       FAST + [f"mlflow.tracking_uri={tracking_uri}"] + overrides)
+    return load_config(
+        PretrainConfig, None, FAST + [f"mlflow.tracking_uri={tracking_uri}"] + overrides
+    )
 
 
 def run(data: str, storage: str, cfg: PretrainConfig):
@@ -31,13 +39,13 @@ def heldout_loss(checkpoint: str | None, data: str) -> float:
     """Mean MSPM loss over the data set with 4 fixed masks; None = the training init."""
     import pyarrow.parquet as pq
 
-    from pipeline.batches import Normalization, to_model_input
+    from pipeline.batches import to_model_input
+    from pipeline.normalization import Normalization
     from pipeline.schema import load_dataset_info
     from ssast import SSAST, SSASTConfig
 
     info = load_dataset_info(data)
-    x = to_model_input(pq.read_table(info.features_dir), 256,
-                       Normalization(info.mean, info.std))["fbank"]
+    x = to_model_input(pq.read_table(info.features_dir), 256, Normalization(info.mean, info.std))
     if checkpoint is None:
         torch.manual_seed(0)  # the job's train.seed: the same initial weights
         model = SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=100))
@@ -45,9 +53,12 @@ def heldout_loss(checkpoint: str | None, data: str) -> float:
         model = load_checkpoint(checkpoint)
     model.eval()
     with torch.no_grad():
-        losses = [model.pretrain_loss(torch.from_numpy(x),
-                                      generator=torch.Generator().manual_seed(k))["loss"]
-                  for k in range(4)]
+        losses = [
+            model.pretrain_loss(torch.from_numpy(x), generator=torch.Generator().manual_seed(k))[
+                "loss"
+            ]
+            for k in range(4)
+        ]
     return float(sum(losses) / len(losses))
 
 
@@ -78,8 +89,14 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
     # model on the same clips and the same masks instead.
     before, after = heldout_loss(None, data), heldout_loss(f"{storage}/final/ssast.pt", data)
     assert after < before - 0.3, (before, after)
-    for key in ("train/loss_nce", "train/loss_mse", "train/accuracy", "train/lr",
-                "perf/samples_per_s", "perf/data_wait_fraction"):
+    for key in (
+        "train/loss_nce",
+        "train/loss_mse",
+        "train/accuracy",
+        "train/lr",
+        "perf/samples_per_s",
+        "perf/data_wait_fraction",
+    ):
         assert key in run_info.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"config.yaml", "final", "pictures"} <= artifacts
@@ -103,13 +120,16 @@ def test_s3_checkpoints_and_a_non_finite_loss_stop(featurized, mlflow_server, s3
     stops it with the step and lr in the error and the last good checkpoint kept."""
     import boto3
 
-    from jobs.pretraining import NonFiniteLossError
+    from jobs.kit.training import NonFiniteLossError
 
     data, _ = featurized
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="ckpt")
-    result = run(data, "s3://ckpt/pretrain", pretrain_config(mlflow_server, [
-        "train.max_steps=10", "name=s3run"]))
+    result = run(
+        data,
+        "s3://ckpt/pretrain",
+        pretrain_config(mlflow_server, ["train.max_steps=10", "name=s3run"]),
+    )
     assert result.steps == 10
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt")["Contents"]}
     assert "pretrain/s3run/step_00000010/state.pt" in keys
@@ -117,8 +137,10 @@ def test_s3_checkpoints_and_a_non_finite_loss_stop(featurized, mlflow_server, s3
 
     # Continue with an infinite learning rate: step 11's update makes the weights NaN,
     # so the loss of step 12 is NaN.
-    blown = pretrain_config(mlflow_server, ["train.max_steps=20", "optim.lr=.inf",
-                                            "optim.schedule=constant", "name=s3run"])
+    blown = pretrain_config(
+        mlflow_server,
+        ["train.max_steps=20", "optim.lr=.inf", "optim.schedule=constant", "name=s3run"],
+    )
     with pytest.raises(NonFiniteLossError, match=r"step 12 \(lr inf\)") as err:
         run(data, "s3://ckpt/pretrain", blown)
     assert "step_00000010" in str(err.value)
@@ -137,9 +159,14 @@ def test_losing_a_node_resumes_from_the_last_checkpoint(featurized, mlflow_serve
     storage = str(tmp_path / "run")
     script = Path(__file__).with_name("multinode_fault.py")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(script), data, storage, mlflow_server],
-                          cwd=root, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    proc = subprocess.run(
+        [sys.executable, str(script), data, storage, mlflow_server],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["steps"] == 40 and "replaced_at" in out

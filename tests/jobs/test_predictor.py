@@ -6,15 +6,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.predictor import Predictor, read_feature_file
+from jobs.inference.predictor import Predictor, read_feature_file
+from pipeline.batches import ModelInput
 from pipeline.clips import featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest
+from pipeline.normalization import Normalization
 from pipeline.synth import CLASSES, write_corpus
 from ssast import SSASTClassifier, SSASTConfig
 from ssast.checkpoint import checkpoint_payload
 
-PREPARE = {"target_frames": 64, "mean": -4.0, "std": 4.0}
+PREPARE = ModelInput(64, Normalization(-4.0, 4.0))
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,9 @@ def corpus(tmp_path_factory):
     features, errors = featurize_table(rows, FeatureConfig())
     assert errors.num_rows > 0  # the corpus carries broken files
     torch.manual_seed(0)
-    model = SSASTClassifier(SSASTConfig(size="tiny", input_tdim=64, num_masked=1),
-                            len(CLASSES), "mean")
+    model = SSASTClassifier(
+        SSASTConfig(size="tiny", input_tdim=64, num_masked=1), len(CLASSES), "mean"
+    )
     task = {"class_names": list(CLASSES), "multilabel": False}
     return rows, features, errors, checkpoint_payload(model, {"task": task})
 
@@ -38,14 +41,19 @@ def by_path(table: pa.Table) -> dict:
 def test_audio_rows_and_files_agree(corpus, tmp_path):
     rows, features, errors, payload = corpus
     from_rows = Predictor(payload, "labels", PREPARE, top_k=3)(features)
-    from_audio = Predictor(payload, "labels", PREPARE, top_k=3, source="audio",
-                           features=FeatureConfig())(rows)
+    from_audio = Predictor(
+        payload, "labels", PREPARE, top_k=3, source="audio", features=FeatureConfig()
+    )(rows)
     shard = tmp_path / "part-000000.parquet"
     pq.write_table(features, shard)
-    read = {"columns": ["path", "fbank", "num_frames", "num_mel_bins"], "where": None,
-            "batch_size": 4}  # several model batches per shard
-    from_files = Predictor(payload, "labels", PREPARE, top_k=3, source="files",
-                           read=read)(pa.table({"file": [str(shard)]}))
+    read = {
+        "columns": ["path", "fbank", "num_frames", "num_mel_bins"],
+        "where": None,
+        "batch_size": 4,
+    }  # several model batches per shard
+    from_files = Predictor(payload, "labels", PREPARE, top_k=3, source="files", read=read)(
+        pa.table({"file": [str(shard)]})
+    )
 
     assert from_rows.num_rows == from_files.num_rows == features.num_rows
     # Audio input keeps one row per bad file, with its reason and null predictions.
@@ -63,8 +71,10 @@ def test_audio_rows_and_files_agree(corpus, tmp_path):
 
 def test_read_feature_file_selects_columns_and_rows(tmp_path):
     shard = tmp_path / "s.parquet"
-    pq.write_table(pa.table({"path": ["a", "b", "c"], "split": ["test", "train", "test"],
-                             "x": [1, 2, 3]}), shard)
+    pq.write_table(
+        pa.table({"path": ["a", "b", "c"], "split": ["test", "train", "test"], "x": [1, 2, 3]}),
+        shard,
+    )
     got = read_feature_file(str(shard), ["path", "x", "missing"], ("split", "test"))
     assert got.column_names == ["path", "x"]
     assert got.column("path").to_pylist() == ["a", "c"]
@@ -75,6 +85,11 @@ def test_read_feature_file_selects_columns_and_rows(tmp_path):
 
 def test_inputs_must_match_the_source():
     with pytest.raises(ValueError, match="source='files'"):
-        Predictor(checkpoint_payload(SSASTClassifier(
-            SSASTConfig(size="tiny", input_tdim=64, num_masked=1), 3)), "labels", PREPARE,
-            source="files")
+        Predictor(
+            checkpoint_payload(
+                SSASTClassifier(SSASTConfig(size="tiny", input_tdim=64, num_masked=1), 3)
+            ),
+            "labels",
+            PREPARE,
+            source="files",
+        )

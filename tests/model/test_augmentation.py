@@ -23,32 +23,34 @@ def naive_spec_augment(x, freq_mask, time_mask, fill, gen):
             width = min(int(u[0, b] * param), size)
             start = int(u[1, b] * (size - width))
             if axis == 2:
-                out[b, :, start:start + width] = fill
+                out[b, :, start : start + width] = fill
             else:
-                out[b, start:start + width, :] = fill
+                out[b, start : start + width, :] = fill
     return out
 
 
 @pytest.mark.parametrize("freq_mask,time_mask", [(8, 0), (0, 16), (8, 16), (24, 40)])
 def test_spec_augment_matches_a_per_clip_loop(freq_mask, time_mask):
     x = batch()
-    got = spec_augment(x, freq_mask, time_mask, fill=0.5,
-                       generator=torch.Generator().manual_seed(1))
+    got = spec_augment(
+        x, freq_mask, time_mask, fill=0.5, generator=torch.Generator().manual_seed(1)
+    )
     want = naive_spec_augment(x, freq_mask, time_mask, 0.5, torch.Generator().manual_seed(1))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_spec_augment_widths_cover_zero_to_param_minus_one():
     x = torch.zeros(512, 10, 64)
-    out = spec_augment(x, freq_mask=6, time_mask=0, fill=1.0,
-                       generator=torch.Generator().manual_seed(0))
+    out = spec_augment(
+        x, freq_mask=6, time_mask=0, fill=1.0, generator=torch.Generator().manual_seed(0)
+    )
     widths = out[:, 0, :].sum(1).long()  # masked bins per clip
     assert set(widths.tolist()) == set(range(6))
     band = out[:, 0, :] > 0
     starts = band.float().argmax(1)
     for b in range(512):  # one contiguous band
         w = int(widths[b])
-        assert band[b, starts[b]:starts[b] + w].all() and int(band[b].sum()) == w
+        assert band[b, starts[b] : starts[b] + w].all() and int(band[b].sum()) == w
 
 
 def test_add_noise_matches_a_per_clip_loop():
@@ -58,8 +60,9 @@ def test_add_noise_matches_a_per_clip_loop():
     scale = torch.rand((B, 1, 1), generator=gen) / 10
     noise = torch.rand((B, T, F), generator=gen)
     shift = torch.randint(-10, 10, (B,), generator=gen)
-    want = torch.stack([torch.roll(x[b] + noise[b] * scale[b], int(shift[b]), dims=0)
-                        for b in range(B)])
+    want = torch.stack(
+        [torch.roll(x[b] + noise[b] * scale[b], int(shift[b]), dims=0) for b in range(B)]
+    )
     torch.testing.assert_close(got, want)
     assert not torch.equal(got, x)
 

@@ -16,8 +16,17 @@ from ssast import (
 )
 
 
-def released_layout(E: int, depth: int, f_dim: int, t_dim: int, shape=(16, 16), fdim=128,
-                    tdim=1024, dist=True, seed=0) -> dict[str, torch.Tensor]:
+def released_layout(
+    E: int,
+    depth: int,
+    f_dim: int,
+    t_dim: int,
+    shape=(16, 16),
+    fdim=128,
+    tdim=1024,
+    dist=True,
+    seed=0,
+) -> dict[str, torch.Tensor]:
     """A state dict written from the reference's key table (section 2.1), random values."""
     g = torch.Generator().manual_seed(seed)
 
@@ -38,28 +47,48 @@ def released_layout(E: int, depth: int, f_dim: int, t_dim: int, shape=(16, 16), 
     sd["module.v.patch_embed.proj.bias"] = r(E)
     for i in range(depth):
         b = f"module.v.blocks.{i}."
-        sd.update({
-            b + "norm1.weight": 1 + r(E), b + "norm1.bias": r(E),
-            b + "attn.qkv.weight": r(3 * E, E), b + "attn.qkv.bias": r(3 * E),
-            b + "attn.proj.weight": r(E, E), b + "attn.proj.bias": r(E),
-            b + "norm2.weight": 1 + r(E), b + "norm2.bias": r(E),
-            b + "mlp.fc1.weight": r(4 * E, E), b + "mlp.fc1.bias": r(4 * E),
-            b + "mlp.fc2.weight": r(E, 4 * E), b + "mlp.fc2.bias": r(E),
-        })
-    sd.update({"module.v.norm.weight": 1 + r(E), "module.v.norm.bias": r(E),
-               "module.v.head.weight": r(1000, E), "module.v.head.bias": r(1000)})
+        sd.update(
+            {
+                b + "norm1.weight": 1 + r(E),
+                b + "norm1.bias": r(E),
+                b + "attn.qkv.weight": r(3 * E, E),
+                b + "attn.qkv.bias": r(3 * E),
+                b + "attn.proj.weight": r(E, E),
+                b + "attn.proj.bias": r(E),
+                b + "norm2.weight": 1 + r(E),
+                b + "norm2.bias": r(E),
+                b + "mlp.fc1.weight": r(4 * E, E),
+                b + "mlp.fc1.bias": r(4 * E),
+                b + "mlp.fc2.weight": r(E, 4 * E),
+                b + "mlp.fc2.bias": r(E),
+            }
+        )
+    sd.update(
+        {
+            "module.v.norm.weight": 1 + r(E),
+            "module.v.norm.bias": r(E),
+            "module.v.head.weight": r(1000, E),
+            "module.v.head.bias": r(1000),
+        }
+    )
     if dist:
         sd.update({"module.v.head_dist.weight": r(1000, E), "module.v.head_dist.bias": r(1000)})
     for h in ("cpredlayer", "gpredlayer"):
-        sd.update({f"module.{h}.0.weight": r(E, E), f"module.{h}.0.bias": r(E),
-                   f"module.{h}.2.weight": r(256, E), f"module.{h}.2.bias": r(256)})
+        sd.update(
+            {
+                f"module.{h}.0.weight": r(E, E),
+                f"module.{h}.0.bias": r(E),
+                f"module.{h}.2.weight": r(256, E),
+                f"module.{h}.2.bias": r(256),
+            }
+        )
     return sd
 
 
 def original_forward(sd: dict, x: torch.Tensor, heads: int, stride=None) -> torch.Tensor:
     """timm 0.4.5 ViT forward as SSAST runs it, from the original keys: explicit softmax
     attention, LayerNorm eps 1e-6, erf GELU. (B, T, F) -> (B, C + N, E)."""
-    v = {k[len("module.v."):]: t for k, t in sd.items() if k.startswith("module.v.")}
+    v = {k[len("module.v.") :]: t for k, t in sd.items() if k.startswith("module.v.")}
     w = v["patch_embed.proj.weight"]
     image = x.transpose(1, 2).unsqueeze(1)
     h = F.conv2d(image, w, v["patch_embed.proj.bias"], stride=stride or w.shape[2:])
@@ -69,9 +98,9 @@ def original_forward(sd: dict, x: torch.Tensor, heads: int, stride=None) -> torc
     h = torch.cat([t.expand(B, -1, -1) for t in extra] + [h], 1) + v["pos_embed"]
     depth = len({k.split(".")[1] for k in v if k.startswith("blocks.")})
     for i in range(depth):
-        p = {k[len(f"blocks.{i}."):]: t for k, t in v.items() if k.startswith(f"blocks.{i}.")}
+        p = {k[len(f"blocks.{i}.") :]: t for k, t in v.items() if k.startswith(f"blocks.{i}.")}
         y = F.layer_norm(h, (E,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
-        qkv = (y @ p["attn.qkv.weight"].T + p["attn.qkv.bias"])
+        qkv = y @ p["attn.qkv.weight"].T + p["attn.qkv.bias"]
         qkv = qkv.reshape(B, -1, 3, heads, E // heads).permute(2, 0, 3, 1, 4)
         q, k, val = qkv[0], qkv[1], qkv[2]
         attn = ((q @ k.transpose(-2, -1)) * (E // heads) ** -0.5).softmax(dim=-1)
@@ -94,8 +123,11 @@ def test_released_layout_loads_and_computes_the_original_function():
 
 def test_released_layout_without_module_prefix_or_heads_loads():
     sd = released_layout(E=192, depth=12, f_dim=8, t_dim=4, tdim=64)
-    bare = {k[len("module."):]: v for k, v in sd.items()
-            if not k.startswith(("module.cpredlayer", "module.gpredlayer", "module.v.head"))}
+    bare = {
+        k[len("module.") :]: v
+        for k, v in sd.items()
+        if not k.startswith(("module.cpredlayer", "module.gpredlayer", "module.v.head"))
+    }
     model = load_original_checkpoint(bare)
     torch.testing.assert_close(model.encoder.pos_embed, sd["module.v.pos_embed"])
 
@@ -146,8 +178,9 @@ def test_fine_tuned_original_round_trip(small_model, fbank):
     clf = SSASTClassifier.from_pretrained(adapted, num_classes=7).eval()
     ft = classifier_to_original_state_dict(clf)
     assert "module.mlp_head.1.weight" in ft and "module.p_input_fdim" not in ft
-    back = load_original_classifier(small_model.to_original_state_dict(), ft,
-                                    patch_stride=(10, 10), input_tdim=64).eval()
+    back = load_original_classifier(
+        small_model.to_original_state_dict(), ft, patch_stride=(10, 10), input_tdim=64
+    ).eval()
     assert torch.equal(back(fbank), clf(fbank))
 
 
@@ -195,8 +228,9 @@ def _pretrained(**kw) -> SSAST:
 def test_pos_embed_crop_in_time_then_resize_in_frequency():
     # ESC-50 patch: 8x64 -> 12x50: keep time columns 7..56, then bilinear 8 -> 12 rows.
     model = _pretrained()
-    new = load_original_checkpoint(model.to_original_state_dict(), patch_stride=(10, 10),
-                                   input_tdim=512)
+    new = load_original_checkpoint(
+        model.to_original_state_dict(), patch_stride=(10, 10), input_tdim=512
+    )
     extra, img = _pos_image(model)
     want = F.interpolate(img[..., 7:57], size=(12, 50), mode="bilinear", align_corners=False)
     new_extra, got = _pos_image(new)

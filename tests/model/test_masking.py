@@ -31,8 +31,10 @@ def test_masks_are_deterministic_under_a_generator():
     b = sample_cluster_mask(8, (8, 64), 400, generator=_gen(7))
     c = sample_cluster_mask(8, (8, 64), 400, generator=_gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(sample_random_mask(4, 512, 9, generator=_gen(3)),
-                       sample_random_mask(4, 512, 9, generator=_gen(3)))
+    assert torch.equal(
+        sample_random_mask(4, 512, 9, generator=_gen(3)),
+        sample_random_mask(4, 512, 9, generator=_gen(3)),
+    )
 
 
 def _is_square(cells: torch.Tensor, t_dim: int, side: int) -> bool:
@@ -48,8 +50,9 @@ def _is_square(cells: torch.Tensor, t_dim: int, side: int) -> bool:
 def test_one_block_of_mask_is_a_square_without_row_wrap(side):
     # With M = side^2, a clip whose first block lies inside the grid is masked by exactly
     # that square. A flat-index block (the original) would wrap rows near the last column.
-    masks = sample_cluster_mask(400, (8, 64), side * side, cluster_sizes=(side,),
-                                generator=_gen(side))
+    masks = sample_cluster_mask(
+        400, (8, 64), side * side, cluster_sizes=(side,), generator=_gen(side)
+    )
     squares = sum(_is_square(m, 64, side) for m in masks)
     inside = (8 - side + 1) * (64 - side + 1) / ((8 + side - 1) * (64 + side - 1))
     assert squares / 400 > inside - 0.1

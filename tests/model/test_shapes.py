@@ -43,8 +43,9 @@ def test_token_grid_and_widths(size, geometry):
     ],
 )
 def test_fine_tuning_grids_match_reference_table(shape, stride, F, T, grid):
-    cfg = SSASTConfig(patch_shape=shape, patch_stride=stride, input_fdim=F, input_tdim=T,
-                      num_masked=1)
+    cfg = SSASTConfig(
+        patch_shape=shape, patch_stride=stride, input_fdim=F, input_tdim=T, num_masked=1
+    )
     assert cfg.grid == grid
 
 

@@ -4,17 +4,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.batches import Normalization, fixed_length, to_model_input
+from pipeline.batches import fixed_length, to_model_input
+from pipeline.normalization import Normalization
 
 
 def rows(lengths, F=3, seed=0):
     rng = np.random.default_rng(seed)
     mats = [rng.standard_normal((m, F)).astype(np.float16) for m in lengths]
-    table = pa.table({
-        "fbank": pa.array([m.reshape(-1) for m in mats], pa.list_(pa.float16())),
-        "num_frames": pa.array(lengths, pa.int32()),
-        "num_mel_bins": pa.array([F] * len(lengths), pa.int16()),
-    })
+    table = pa.table(
+        {
+            "fbank": pa.array([m.reshape(-1) for m in mats], pa.list_(pa.float16())),
+            "num_frames": pa.array(lengths, pa.int32()),
+            "num_mel_bins": pa.array([F] * len(lengths), pa.int16()),
+        }
+    )
     return table, mats
 
 
@@ -30,7 +33,7 @@ def test_fixed_length_pads_at_the_end_and_keeps_the_first_frames():
 
 def test_normalisation_matches_the_original_formula():
     table, mats = rows([3])
-    out = to_model_input(table, 5, Normalization(mean=-4.0, std=2.0))["fbank"][0]
+    out = to_model_input(table, 5, Normalization(mean=-4.0, std=2.0))[0]
     np.testing.assert_allclose(out[:3], (mats[0].astype(np.float32) + 4.0) / 4.0, rtol=1e-6)
     np.testing.assert_allclose(out[3:], 1.0)  # padding 0 -> -mean / (2 std)
     with pytest.raises(ValueError, match="std"):

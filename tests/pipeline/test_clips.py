@@ -24,15 +24,23 @@ def test_every_broken_file_is_reported_and_the_rest_is_intact(corpus):
     manifest, num_good = corpus
     rows = read_manifest(str(manifest))
     features, errors = featurize_table(rows, FeatureConfig())
-    got = dict(zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist(),
-                   strict=True))
+    got = dict(
+        zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist(), strict=True)
+    )
     assert got == EXPECTED_REASONS
     assert all(d for d in errors.column("detail").to_pylist())
     assert features.num_rows == num_good
     good = [p for p in rows.column("path").to_pylist() if p not in EXPECTED_REASONS]
     assert features.column("path").to_pylist() == good  # exactly as in the manifest
-    assert set(features.column("label").to_pylist()) <= {"tone", "chirp", "noise_burst",
-                                                         "harmonic", "clicks", "am", "fm"}
+    assert set(features.column("label").to_pylist()) <= {
+        "tone",
+        "chirp",
+        "noise_burst",
+        "harmonic",
+        "clicks",
+        "am",
+        "fm",
+    }
     frames = features.column("num_frames").to_numpy()
     lengths = np.array([len(v) for v in features.column("fbank").to_pylist()])
     np.testing.assert_array_equal(lengths, frames * 128)
@@ -46,8 +54,13 @@ def _wav(path, seconds, rate=16000):
 
 def test_segments_from_manifest_and_fixed_cutting(tmp_path):
     _wav(tmp_path / "long.wav", 7.5)
-    table = pa.table({"path": ["long.wav", "long.wav", "long.wav"],
-                      "start_s": [0.0, 2.0, 6.0], "end_s": [None, 3.5, 9.0]})
+    table = pa.table(
+        {
+            "path": ["long.wav", "long.wav", "long.wav"],
+            "start_s": [0.0, 2.0, 6.0],
+            "end_s": [None, 3.5, 9.0],
+        }
+    )
     pacsv.write_csv(table, tmp_path / "m.csv")
     feats, errors = featurize_table(read_manifest(str(tmp_path / "m.csv")), FeatureConfig())
     assert feats.column("duration_s").to_pylist() == pytest.approx([7.5, 1.5])

@@ -11,16 +11,26 @@ from pipeline.synth import CLASSES, synthesize
 
 def reference_fbank(wave: np.ndarray) -> np.ndarray:
     """The original SSAST loader's call (reference section 6)."""
-    return kaldi.fbank(torch.from_numpy(wave)[None], htk_compat=True, sample_frequency=16000,
-                       use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
-                       frame_shift=10).numpy()
+    return kaldi.fbank(
+        torch.from_numpy(wave)[None],
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    ).numpy()
 
 
 def test_fbank_equals_torchaudio_kaldi_on_generated_audio():
     rng = np.random.default_rng(0)
     waves = [synthesize(c, 1.3, 16000, rng) for c in CLASSES]
-    waves += [(0.1 * rng.standard_normal(16000 * 10)).astype(np.float32),
-              np.zeros(401, np.float32), np.full(400, 0.2, np.float32)]
+    waves += [
+        (0.1 * rng.standard_normal(16000 * 10)).astype(np.float32),
+        np.zeros(401, np.float32),
+        np.full(400, 0.2, np.float32),
+    ]
     ours = FbankExtractor(FeatureConfig(), frames_per_pass=256)(waves)
     for wave, got in zip(waves, ours, strict=True):
         want = reference_fbank(wave)

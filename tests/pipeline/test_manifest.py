@@ -15,27 +15,37 @@ def test_csv_jsonl_parquet_and_directory_inputs_agree(tmp_path):
         (tmp_path / "a" / name).write_bytes(b"")
     (tmp_path / "m.csv").write_text("path,label\na/x.wav,01\na/y.flac,02\n")
     (tmp_path / "m.jsonl").write_text(
-        "\n".join(json.dumps({"path": p, "label": lab})
-                  for p, lab in [("a/x.wav", "01"), ("a/y.flac", "02")]))
-    pq.write_table(pa.table({"path": ["a/x.wav", "a/y.flac"], "label": ["01", "02"]}),
-                   tmp_path / "m.parquet")
+        "\n".join(
+            json.dumps({"path": p, "label": lab})
+            for p, lab in [("a/x.wav", "01"), ("a/y.flac", "02")]
+        )
+    )
+    pq.write_table(
+        pa.table({"path": ["a/x.wav", "a/y.flac"], "label": ["01", "02"]}), tmp_path / "m.parquet"
+    )
     tables = [read_manifest(str(tmp_path / f)) for f in ("m.csv", "m.jsonl", "m.parquet")]
     for t in tables:
         assert t.column("path").to_pylist() == ["a/x.wav", "a/y.flac"]
-        assert t.column("uri").to_pylist() == [str(tmp_path / "a/x.wav"),
-                                               str(tmp_path / "a/y.flac")]
+        assert t.column("uri").to_pylist() == [
+            str(tmp_path / "a/x.wav"),
+            str(tmp_path / "a/y.flac"),
+        ]
         assert t.column("label").to_pylist() == ["01", "02"]  # not parsed as numbers
     listed = read_manifest(str(tmp_path / "a"))
-    assert listed.column("uri").to_pylist() == [str(tmp_path / "a/x.wav"),
-                                                str(tmp_path / "a/y.flac")]
+    assert listed.column("uri").to_pylist() == [
+        str(tmp_path / "a/x.wav"),
+        str(tmp_path / "a/y.flac"),
+    ]
     assert read_manifest(str(tmp_path / "a" / "*.flac")).num_rows == 1
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("file,label\nx.wav,1\n", "no 'path' column"),
-     ("path,fbank\nx.wav,1\n", "reserved column"),
-     ("path,label\n", "lists no files")],
+    [
+        ("file,label\nx.wav,1\n", "no 'path' column"),
+        ("path,fbank\nx.wav,1\n", "reserved column"),
+        ("path,label\n", "lists no files"),
+    ],
 )
 def test_bad_manifests_are_clear_errors(tmp_path, content, message):
     (tmp_path / "m.csv").write_text(content)

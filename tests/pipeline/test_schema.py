@@ -9,8 +9,15 @@ from pipeline.schema import SCHEMA_VERSION, load_dataset_info
 
 
 def write_info(root, **changes):
-    info = {"schema_version": SCHEMA_VERSION, "feature_config": FeatureConfig().to_dict(),
-            "num_rows": 3, "num_errors": 0, "hours": 0.1, "mean": -5.0, "std": 4.0}
+    info = {
+        "schema_version": SCHEMA_VERSION,
+        "feature_config": FeatureConfig().to_dict(),
+        "num_rows": 3,
+        "num_errors": 0,
+        "hours": 0.1,
+        "mean": -5.0,
+        "std": 4.0,
+    }
     info.update(changes)
     (root / "dataset.json").write_text(json.dumps(info))
 

@@ -1,4 +1,4 @@
-"""Configuration of fine-tuning (YAML + dotted overrides, see pipeline.config).
+"""Configuration of fine-tuning (YAML + dotted overrides, see jobs/kit/config.py).
 
 The recipes in jobs/configs/finetune_*.yaml set these fields to the paper's per-task
 settings (shared/reference/ssast-original.md section 5.5).
@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.pretrain_config import MlflowSection, ScalingSection
+from jobs.kit.config import MlflowSection, OptimSection, ScalingSection
+from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, SSASTConfig
 
 
@@ -29,9 +30,14 @@ class FtModelSection:
 
     def ssast_config(self, input_fdim: int = 128) -> SSASTConfig:
         shape = GEOMETRIES[self.geometry]
-        return SSASTConfig(size=self.size, patch_shape=shape,
-                           patch_stride=self.patch_stride or shape, input_fdim=input_fdim,
-                           input_tdim=self.input_tdim, num_masked=1)
+        return SSASTConfig(
+            size=self.size,
+            patch_shape=shape,
+            patch_stride=self.patch_stride or shape,
+            input_fdim=input_fdim,
+            input_tdim=self.input_tdim,
+            num_masked=1,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +57,8 @@ class FtDataSection:
     label_delimiter: str = ","
     """Separator of class names in the label column when multilabel."""
     normalization: str = "dataset"
-    """'dataset' (dataset.json statistics) or a preset: audioset, esc50, speechcommands."""
+    """'dataset' (dataset.json statistics) or a preset: audioset, esc50, speechcommands.
+    Saved with the model; prediction applies the same."""
     shuffle_buffer: int = 256
     """Rows in each worker's local shuffle buffer."""
     limit: int | None = None
@@ -59,6 +66,13 @@ class FtDataSection:
     cache_mb: int = 2048
     """Prepare splits up to this size (as float32 model input) once, in Ray's object
     store, instead of reading them again every epoch."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.normalization, "data.normalization")
+        if self.normalization == "model":
+            raise ValueError(
+                "data.normalization=model is not a fine-tuning choice: use 'dataset' or a preset"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,44 +96,34 @@ class AugmentSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FtOptimSection:
-    name: Literal["adam", "adamw"] = "adam"
-    """Adam (the original) or AdamW."""
+class FtOptimSection(OptimSection):
     lr: float = 1e-4
     """Learning rate of the encoder (the top layer with layer_decay < 1)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (the Speech Commands recipe: 1000)."""
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    """multistep: lr x decay_factor per decay_every epochs after decay_start (the
+    original's MultiStepLR); cosine to min_lr over the steps after warm-up; constant."""
     head_lr_mult: float = 1.0
     """The head trains at lr x this."""
     layer_decay: float = 1.0
     """Layer-wise lr decay: block i of L trains at lr x decay^(L - i), the embeddings at
     lr x decay^(L + 1). 1.0: off (the original)."""
-    betas: tuple[float, float] = (0.95, 0.999)
-    """The original's Adam betas."""
-    weight_decay: float = 5e-7
-    """The original's weight decay."""
-    warmup_steps: int = 0
-    """Linear warm-up steps (the Speech Commands recipe: 1000)."""
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    """multistep: lr x decay_factor per decay_every epochs after decay_start (the
-    original's MultiStepLR); cosine to 0 over the run; constant."""
     decay_start: int = 10
     """multistep: last epoch at full lr."""
     decay_every: int = 5
     """multistep: epochs between decays."""
     decay_factor: float = 0.5
     """multistep: lr multiplier at each decay."""
-    grad_clip_norm: float | None = None
-    """Clip the global gradient norm (None: off)."""
-    accumulate: int = 1
-    """Micro-batches per optimizer step."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.head_lr_mult <= 0:
-            raise ValueError(f"optim.lr and optim.head_lr_mult must be > 0, got {self.lr}, "
-                             f"{self.head_lr_mult}")
+        super().__post_init__()
+        if self.head_lr_mult <= 0:
+            raise ValueError(f"optim.head_lr_mult must be > 0, got {self.head_lr_mult}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.decay_every < 1 or self.accumulate < 1:
-            raise ValueError("optim.decay_every and optim.accumulate must be >= 1")
+        if self.decay_every < 1:
+            raise ValueError(f"optim.decay_every must be >= 1, got {self.decay_every}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,10 +158,14 @@ class FtTrainSection:
         for name in ("max_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.average_from_epoch is not None and not \
-                1 <= self.average_from_epoch <= self.max_epochs:
-            raise ValueError(f"train.average_from_epoch must be in [1, train.max_epochs="
-                             f"{self.max_epochs}], got {self.average_from_epoch}")
+        if (
+            self.average_from_epoch is not None
+            and not 1 <= self.average_from_epoch <= self.max_epochs
+        ):
+            raise ValueError(
+                f"train.average_from_epoch must be in [1, train.max_epochs="
+                f"{self.max_epochs}], got {self.average_from_epoch}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

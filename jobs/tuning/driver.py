@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,18 +14,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from jobs.finetune_config import FinetuneConfig
-from jobs.finetuning import (
+from jobs.finetuning.config import FinetuneConfig
+from jobs.finetuning.driver import (
     PreparedData,
     final_classifier,
+    model_payload,
     prepare_data,
-    public_task,
     run_finetuning,
 )
-from jobs.tracking import default_tracking_uri, register_classifier, start_run, ui_command
-from jobs.tune_config import TuneJobConfig, corners, sample_space
-from pipeline.config import build, flatten, to_dict
-from ssast.checkpoint import checkpoint_payload
+from jobs.kit.config import build, flatten, to_dict
+from jobs.kit.tracking import default_tracking_uri, register_classifier, start_run, ui_command
+from jobs.tuning.config import TuneJobConfig, corners, sample_space
+from pipeline.storage import absolute
 
 logger = logging.getLogger("tune")
 
@@ -56,8 +55,15 @@ def finetune_config(base: dict[str, Any], overrides: dict[str, Any]) -> Finetune
     return build(FinetuneConfig, values, where="tune.search_space")
 
 
-def trial_main(config: dict[str, Any], *, base: dict[str, Any], data: str, output: str,
-               prepared: dict[int, PreparedData], parent_run_id: str) -> None:
+def trial_main(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    data: str,
+    output: str,
+    prepared: dict[int, PreparedData],
+    parent_run_id: str,
+) -> None:
     """One trial: the fine-tuning job with the trial's values on the sweep's prepared
     splits, reporting every epoch to Tune through Ray Train (TuneReportCallback)."""
     import ray.tune
@@ -65,12 +71,21 @@ def trial_main(config: dict[str, Any], *, base: dict[str, Any], data: str, outpu
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = finetune_config(base, config)
-    cfg = replace(cfg, name=f"trial_{trial_id}",
-                  scaling=replace(cfg.scaling, max_failures=0),  # Tune retries the trial
-                  mlflow=replace(cfg.mlflow, registered_model=None))  # the sweep registers
-    run_finetuning(data, f"{output}/trials/{trial_id}", cfg,
-                   prepared=prepared[cfg.model.input_tdim], parent_run_id=parent_run_id,
-                   score_final=False, callbacks=[TuneReportCallback()])
+    cfg = replace(
+        cfg,
+        name=f"trial_{trial_id}",
+        scaling=replace(cfg.scaling, max_failures=0),  # Tune retries the trial
+        mlflow=replace(cfg.mlflow, registered_model=None),
+    )  # the sweep registers
+    run_finetuning(
+        data,
+        f"{output}/trials/{trial_id}",
+        cfg,
+        prepared=prepared[cfg.model.input_tdim],
+        parent_run_id=parent_run_id,
+        score_final=False,
+        callbacks=[TuneReportCallback()],
+    )
 
 
 def trial_lengths(cfg: TuneJobConfig) -> list[int]:
@@ -92,9 +107,11 @@ def concurrent_trials(cfg: TuneJobConfig) -> int:
     if s.use_gpu:
         fits = min(fits, math.floor(total.get("GPU", 0) / s.num_workers + 1e-9))
     if fits < 1:
-        raise ValueError(f"a trial needs {per_trial:g} CPUs{' and GPUs' if s.use_gpu else ''} "
-                         f"(tune.trial_driver_cpus + scaling.num_workers x "
-                         f"scaling.cpus_per_worker); the cluster has {total}")
+        raise ValueError(
+            f"a trial needs {per_trial:g} CPUs{' and GPUs' if s.use_gpu else ''} "
+            f"(tune.trial_driver_cpus + scaling.num_workers x "
+            f"scaling.cpus_per_worker); the cluster has {total}"
+        )
     return fits
 
 
@@ -103,20 +120,34 @@ def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    output = output if "://" in output else os.path.abspath(output)
+    output = absolute(output)
     for corner in corners(cfg.tune.search_space):
         finetune_config(to_dict(cfg), corner)  # every key and extreme value validates
-    prepared = {n: prepare_data(data, replace(cfg, model=replace(cfg.model, input_tdim=n)))
-                for n in trial_lengths(cfg)}  # also validates data and labels
-    task = next(iter(prepared.values())).task
-    metric = f"valid/{task['metric']}"
+    prepared = {
+        n: prepare_data(data, replace(cfg, model=replace(cfg.model, input_tdim=n)))
+        for n in trial_lengths(cfg)
+    }  # also validates data and labels
+    first = next(iter(prepared.values()))
+    metric = f"valid/{first.task.metric}"
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
-    parent = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{output}/{cfg.name}",
-                       flatten(to_dict(cfg)) | {"data": data, "output": output})
+    parent = start_run(
+        uri,
+        cfg.mlflow.experiment,
+        cfg.name,
+        f"{output}/{cfg.name}",
+        flatten(to_dict(cfg)) | {"data": data, "output": output},
+    )
     trainable = tune.with_resources(
-        tune.with_parameters(trial_main, base=to_dict(cfg), data=data, output=output,
-                             prepared=prepared, parent_run_id=parent),
-        {"CPU": cfg.tune.trial_driver_cpus})
+        tune.with_parameters(
+            trial_main,
+            base=to_dict(cfg),
+            data=data,
+            output=output,
+            prepared=prepared,
+            parent_run_id=parent,
+        ),
+        {"CPU": cfg.tune.trial_driver_cpus},
+    )
     path = f"{output}/{cfg.name}"
     if tune.Tuner.can_restore(path):
         logger.info("restoring the sweep at %s", path)
@@ -124,23 +155,39 @@ def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     else:
         t = cfg.tune
         tuner = tune.Tuner(
-            trainable, param_space=sample_space(t.search_space),
+            trainable,
+            param_space=sample_space(t.search_space),
             tune_config=tune.TuneConfig(
-                metric=metric, mode="max", num_samples=t.num_samples,
+                metric=metric,
+                mode="max",
+                num_samples=t.num_samples,
                 max_concurrent_trials=concurrent_trials(cfg),
-                scheduler=ASHAScheduler(time_attr="training_iteration",
-                                        max_t=cfg.train.max_epochs,
-                                        grace_period=t.grace_period,
-                                        reduction_factor=t.reduction_factor)),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=output,
-                                      failure_config=tune.FailureConfig(
-                                          max_failures=t.max_failures)))
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    max_t=cfg.train.max_epochs,
+                    grace_period=t.grace_period,
+                    reduction_factor=t.reduction_factor,
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=output,
+                failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            ),
+        )
     results = tuner.fit()
-    return _finish(results, metric, task, cfg, output, uri, parent)
+    return _finish(results, metric, prepared, cfg, output, uri, parent)
 
 
-def _finish(results, metric: str, task: dict, cfg: TuneJobConfig, output: str, uri: str,
-            parent: str) -> TuneResult:
+def _finish(
+    results,
+    metric: str,
+    prepared: dict[int, PreparedData],
+    cfg: TuneJobConfig,
+    output: str,
+    uri: str,
+    parent: str,
+) -> TuneResult:
     """Best trial -> OUTPUT/best/model.pt, registry; the table; MLflow bookkeeping."""
     import fsspec
     import mlflow
@@ -149,30 +196,44 @@ def _finish(results, metric: str, task: dict, cfg: TuneJobConfig, output: str, u
     errors = [r.error for r in results if r.error is not None]
     ok = [r for r in results if r.metrics and metric in r.metrics]
     if not ok:
-        raise RuntimeError(f"no trial reported {metric}; first error: "
-                           f"{errors[0] if errors else 'none'}")
+        raise RuntimeError(
+            f"no trial reported {metric}; first error: {errors[0] if errors else 'none'}"
+        )
     # A trial's classifier is its best epoch (or its average), so rank trials by the best
     # epoch's metric; every epoch's report carries that as best/<metric>.
     best = max(ok, key=lambda r: _value(r.metrics.get(f"best/{metric}", r.metrics[metric])))
-    model, _ = final_classifier(Checkpoint(best.metrics["checkpoint_path"]),
-                                finetune_config(to_dict(cfg), best.config))
+    best_cfg = finetune_config(to_dict(cfg), best.config)
+    model, _ = final_classifier(Checkpoint(best.metrics["checkpoint_path"]))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.pt"
-        torch.save(checkpoint_payload(model, extra={"task": public_task(task),
-                                                    "tune_config": best.config}), local)
+        torch.save(
+            model_payload(model, prepared[best_cfg.model.input_tdim], tune_config=best.config),
+            local,
+        )
         fs, root = fsspec.core.url_to_fs(f"{output}/best")
         fs.makedirs(root, exist_ok=True)
         fs.put_file(str(local), f"{root}/model.pt")
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
-        client.log_batch(parent, metrics=[mlflow.entities.Metric(
-            f"best/{metric}", _value(best.metrics[metric]), 0, 0)], params=[
-            mlflow.entities.Param(f"best.{k}", str(v)) for k, v in best.config.items()])
+        client.log_batch(
+            parent,
+            metrics=[mlflow.entities.Metric(f"best/{metric}", _value(best.metrics[metric]), 0, 0)],
+            params=[mlflow.entities.Param(f"best.{k}", str(v)) for k, v in best.config.items()],
+        )
         version = register_classifier(uri, parent, local, cfg.tune.registered_model)
     table = trial_table(results, metric, list(cfg.tune.search_space))
     _close_children(uri, parent)
-    return TuneResult(output, table, best.metrics.get("trial_id", best.path), best.metrics,
-                      best.config, f"{output}/best/model.pt", uri, parent, version)
+    return TuneResult(
+        output,
+        table,
+        best.metrics.get("trial_id", best.path),
+        best.metrics,
+        best.config,
+        f"{output}/best/model.pt",
+        uri,
+        parent,
+        version,
+    )
 
 
 def _value(v: Any) -> float:
@@ -188,11 +249,16 @@ def trial_table(results, metric: str, keys: list[str]) -> pd.DataFrame:
     for r in results:
         m = r.metrics or {}
         best = m.get(f"best/{metric}", float("nan"))  # the trial's model: its best epoch
-        rows.append({"trial": m.get("trial_id", Path(r.path).name[:16]),
-                     **{k: r.config.get(k) for k in keys},
-                     "epochs": m.get("training_iteration", 0), metric: m.get(metric),
-                     f"best {metric}": best,
-                     "status": "ERROR" if r.error else "OK"})
+        rows.append(
+            {
+                "trial": m.get("trial_id", Path(r.path).name[:16]),
+                **{k: r.config.get(k) for k in keys},
+                "epochs": m.get("training_iteration", 0),
+                metric: m.get(metric),
+                f"best {metric}": best,
+                "status": "ERROR" if r.error else "OK",
+            }
+        )
     return pd.DataFrame(rows).sort_values(f"best {metric}", ascending=False)
 
 
@@ -209,13 +275,17 @@ def _close_children(uri: str, parent: str) -> None:
 
 
 def describe(result: TuneResult) -> str:
-    with pd.option_context("display.width", 160, "display.max_columns", 20,
-                           "display.float_format", "{:.4g}".format):
+    with pd.option_context(
+        "display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format
+    ):
         table = result.table.to_string(index=False)
-    return "\n".join([
-        table, "",
-        f"best trial   {result.best_trial}: {result.best_config}",
-        f"best model   {result.model_path} (registered as version {result.model_version})",
-        f"mlflow       parent run {result.mlflow_run_id} at {result.mlflow_uri}",
-        f"open the UI  {ui_command(result.mlflow_uri)}",
-    ])
+    return "\n".join(
+        [
+            table,
+            "",
+            f"best trial   {result.best_trial}: {result.best_config}",
+            f"best model   {result.model_path} (registered as version {result.model_version})",
+            f"mlflow       parent run {result.mlflow_run_id} at {result.mlflow_uri}",
+            f"open the UI  {ui_command(result.mlflow_uri)}",
+        ]
+    )

@@ -1,10 +1,13 @@
-"""Configuration of the pretraining job (YAML + dotted overrides, see pipeline.config)."""
+"""Configuration of the pretraining job (YAML + dotted overrides, see jobs/kit/config.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from jobs.kit.config import MlflowSection, OptimSection, ScalingSection
+from pipeline.features import FeatureConfig
+from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, SSASTConfig
 
 
@@ -25,15 +28,22 @@ class ModelSection:
 
     def ssast_config(self, input_fdim: int = 128) -> SSASTConfig:
         shape = GEOMETRIES[self.geometry]
-        return SSASTConfig(size=self.size, patch_shape=shape, patch_stride=shape,
-                           input_fdim=input_fdim, input_tdim=self.input_tdim,
-                           num_masked=self.num_masked, generative_weight=self.generative_weight)
+        return SSASTConfig(
+            size=self.size,
+            patch_shape=shape,
+            patch_stride=shape,
+            input_fdim=input_fdim,
+            input_tdim=self.input_tdim,
+            num_masked=self.num_masked,
+            generative_weight=self.generative_weight,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
     normalization: str = "dataset"
-    """'dataset' (mean/std from dataset.json) or a preset: audioset, esc50, speechcommands."""
+    """'dataset' (mean/std from dataset.json; a manifest has none and falls back to the
+    AudioSet preset with a warning) or a preset: audioset, esc50, speechcommands."""
     shuffle_buffer: int = 64
     """Rows in each worker's local shuffle buffer (files are shuffled too)."""
     limit: int | None = None
@@ -45,41 +55,27 @@ class DataSection:
     store, instead of reading them again for every pass."""
 
     def __post_init__(self) -> None:
+        check_choice(self.normalization, "data.normalization")
+        if self.normalization == "model":
+            raise ValueError(
+                "data.normalization=model: a model being pretrained has no "
+                "statistics yet; use 'dataset' or a preset"
+            )
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimSection:
-    name: Literal["adam", "adamw"] = "adam"
-    """Adam with coupled L2 (the paper) or AdamW (decoupled decay)."""
+class PretrainOptimSection(OptimSection):
     lr: float = 5e-4
     """Peak learning rate (paper: 5e-4 tiny, 1e-4 base)."""
-    betas: tuple[float, float] = (0.95, 0.999)
-    """The paper's Adam betas."""
-    weight_decay: float = 5e-7
-    """The paper's weight decay."""
     warmup_steps: int = 1000
     """Linear warm-up from 0 to lr (the paper: 1000 steps, staircase)."""
     schedule: Literal["cosine", "constant", "plateau"] = "cosine"
     """After warm-up: cosine to min_lr, constant, or the paper's halving on a plateau of
     the masked-patch accuracy (checked every log interval, patience below)."""
-    min_lr: float = 0.0
-    """Floor of the cosine schedule."""
     plateau_patience: int = 2
     """Intervals without accuracy improvement before halving (schedule=plateau)."""
-    grad_clip_norm: float | None = None
-    """Clip the global gradient norm (None: no clipping, as the paper)."""
-    accumulate: int = 1
-    """Micro-batches per optimizer step."""
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.accumulate < 1:
-            raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,47 +98,28 @@ class TrainSection:
     """bf16 autocast on GPU (ignored on CPU)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every",
-                     "keep_checkpoints"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScalingSection:
-    num_workers: int = 1
-    """Ray Train workers (one process each; DDP when > 1)."""
-    use_gpu: bool = False
-    """One GPU per worker, NCCL; CPU workers use gloo."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker."""
-    max_failures: int = 3
-    """Worker-group restarts (from the last checkpoint) before the run fails."""
-    worker_resources: dict[str, float] = field(default_factory=dict)
-    """Extra Ray resources per worker, e.g. {"gpu_a100": 1} to pin a node group."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MlflowSection:
-    tracking_uri: str | None = None
-    """MLflow server or store; default: sqlite store under <project>/mlruns."""
-    experiment: str = "ssast-pretrain"
-    """Experiment name."""
-    registered_model: str | None = None
-    """Registry name of the final encoder; default ssast-<size>-<geometry>."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: PretrainOptimSection = field(default_factory=PretrainOptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     mlflow: MlflowSection = field(default_factory=MlflowSection)
+    features: FeatureConfig | None = None
+    """How raw audio is featurized when --data is a manifest (None: the SSAST defaults).
+    With a featurized dataset, None takes the dataset's settings and a value must equal
+    them. Recorded in the encoder's checkpoint."""
     name: str = "pretrain"
     """Run name: the same name under the same --output resumes from its last checkpoint."""

@@ -1,31 +1,16 @@
-"""What every job shares: logging set-up, Ray connection, config CLI."""
+"""Joining the Ray cluster a job runs on, or starting a local one."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
-from pathlib import Path
-
-import yaml
-
-from pipeline.config import load_config, to_dict
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
 
 RAY_ENV_DEFAULTS = {
     # Ray Data 2.60 starts 32 Parquet footer-reader actors per read; on small clusters
     # that costs seconds per pass over the data. 4 is plenty for our shard counts.
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "4",
 }
-"""Environment every Ray process of ours gets (infra/runtime_env.yaml sets the same)."""
+"""Environment every Ray process of ours gets (infra/runtime_env.yaml sets the same; a
+test keeps the two equal)."""
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -51,22 +36,3 @@ def init_ray(num_cpus: int | None = None) -> None:
         # to free a run's worker resources when its controller dies (a trial that Tune's
         # ASHA stops); without it those CPUs stay reserved and later trials never start.
         ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env)
-
-
-def config_parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file (defaults apply for keys it omits)")
-    ap.add_argument("--print-config", action="store_true",
-                    help="print the resolved config and exit")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. clips_per_shard=64")
-    return ap
-
-
-def resolve_config(cls, args: argparse.Namespace):
-    """Load the config; print it and exit when --print-config."""
-    cfg = load_config(cls, args.config, args.overrides)
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        raise SystemExit(0)
-    return cfg

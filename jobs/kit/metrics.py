@@ -71,20 +71,29 @@ def confusion_matrix(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=K * K).reshape(K, K)
 
 
-def per_class_report(scores: np.ndarray, targets: np.ndarray, class_names: list[str]
-                     ) -> list[dict[str, float | str | int]]:
+def per_class_report(
+    scores: np.ndarray, targets: np.ndarray, class_names: list[str]
+) -> list[dict[str, float | str | int]]:
     """Precision, recall, F1, support, AP and AUC per class (single-label view: argmax)."""
     cm = confusion_matrix(scores, targets)
     tp = np.diag(cm).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = tp / cm.sum(0)
         recall = tp / cm.sum(1)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall),
-                      0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     ap, auc = average_precision(scores, targets), roc_auc(scores, targets)
-    return [{"class": name, "precision": float(precision[k]), "recall": float(recall[k]),
-             "f1": float(f1[k]), "support": int(cm[k].sum()), "ap": float(ap[k]),
-             "auc": float(auc[k])} for k, name in enumerate(class_names)]
+    return [
+        {
+            "class": name,
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(cm[k].sum()),
+            "ap": float(ap[k]),
+            "auc": float(auc[k]),
+        }
+        for k, name in enumerate(class_names)
+    ]
 
 
 def summary(scores: np.ndarray, targets: np.ndarray, prefix: str) -> dict[str, float]:
@@ -99,9 +108,12 @@ def summary(scores: np.ndarray, targets: np.ndarray, prefix: str) -> dict[str, f
 
 def format_report(rows: list[dict]) -> str:
     """The per-class report as an aligned text table."""
-    lines = [f"{'class':<20} {'prec':>6} {'recall':>6} {'f1':>6} {'AP':>6} {'AUC':>6} "
-             f"{'support':>7}"]
+    lines = [
+        f"{'class':<20} {'prec':>6} {'recall':>6} {'f1':>6} {'AP':>6} {'AUC':>6} {'support':>7}"
+    ]
     for r in rows:
-        lines.append(f"{r['class'][:20]:<20} {r['precision']:6.3f} {r['recall']:6.3f} "
-                     f"{r['f1']:6.3f} {r['ap']:6.3f} {r['auc']:6.3f} {r['support']:7d}")
+        lines.append(
+            f"{r['class'][:20]:<20} {r['precision']:6.3f} {r['recall']:6.3f} "
+            f"{r['f1']:6.3f} {r['ap']:6.3f} {r['auc']:6.3f} {r['support']:7d}"
+        )
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.finetune_config import FinetuneConfig
+from jobs.finetuning.config import FinetuneConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 
@@ -55,22 +55,33 @@ class TuneSection:
         if self.search != "random":
             raise ValueError(f"tune.search must be 'random', got {self.search!r}")
         for key, spec in self.search_space.items():
-            if not isinstance(spec, dict) or len(spec) != 1 or \
-                    next(iter(spec)) not in DISTRIBUTIONS:
-                raise ValueError(f"tune.search_space.{key} must be one of {{dist: args}} with "
-                                 f"dist in {DISTRIBUTIONS}, got {spec!r}")
-            (dist, args), = spec.items()
+            if (
+                not isinstance(spec, dict)
+                or len(spec) != 1
+                or next(iter(spec)) not in DISTRIBUTIONS
+            ):
+                raise ValueError(
+                    f"tune.search_space.{key} must be one of {{dist: args}} with "
+                    f"dist in {DISTRIBUTIONS}, got {spec!r}"
+                )
+            ((dist, args),) = spec.items()
             if dist != "choice" and (len(args) != 2 or not args[0] < args[1]):
-                raise ValueError(f"tune.search_space.{key}: {dist} needs [low, high] with "
-                                 f"low < high, got {args!r}")
+                raise ValueError(
+                    f"tune.search_space.{key}: {dist} needs [low, high] with "
+                    f"low < high, got {args!r}"
+                )
             if dist == "loguniform" and not args[0] > 0:
                 raise ValueError(f"tune.search_space.{key}: loguniform needs low > 0")
             if key.startswith("data."):
-                raise ValueError(f"tune.search_space.{key}: the data section is fixed for a "
-                                 "sweep (every trial must see the same splits)")
+                raise ValueError(
+                    f"tune.search_space.{key}: the data section is fixed for a "
+                    "sweep (every trial must see the same splits)"
+                )
             if key == "model.input_tdim" and dist != "choice":
-                raise ValueError("tune.search_space.model.input_tdim must be a choice list: "
-                                 "the sweep prepares each length's data once, up front")
+                raise ValueError(
+                    "tune.search_space.model.input_tdim must be a choice list: "
+                    "the sweep prepares each length's data once, up front"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,21 +95,33 @@ def sample_space(space: dict[str, dict[str, list]]) -> dict[str, Any]:
     """The search space as Ray Tune distributions."""
     from ray import tune
 
-    make = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
-            "choice": lambda a: tune.choice(list(a)), "randint": lambda a: tune.randint(*a)}
+    make = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "choice": lambda a: tune.choice(list(a)),
+        "randint": lambda a: tune.randint(*a),
+    }
     return {key: make[dist](args) for key, spec in space.items() for dist, args in spec.items()}
 
 
 def corners(space: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
     """The lowest and highest value of every key: configs that must validate up front."""
-    low = {k: min(a) if d == "choice" and _numeric(a) else a[0] for k, s in space.items()
-           for d, a in s.items()}
-    high = {k: max(a) if d == "choice" and _numeric(a) else
-            (a[-1] if d == "choice" else a[1] - (d == "randint")) for k, s in space.items()
-            for d, a in s.items()}
+    low = {
+        k: min(a) if d == "choice" and _numeric(a) else a[0]
+        for k, s in space.items()
+        for d, a in s.items()
+    }
+    high = {
+        k: max(a)
+        if d == "choice" and _numeric(a)
+        else (a[-1] if d == "choice" else a[1] - (d == "randint"))
+        for k, s in space.items()
+        for d, a in s.items()
+    }
     return [low, high]
 
 
 def _numeric(values: list) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-               for v in values)
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )

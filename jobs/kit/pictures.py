@@ -16,8 +16,12 @@ from ssast.patching import patchify  # noqa: E402
 
 def _unpatchify(patches: torch.Tensor, cfg) -> torch.Tensor:
     """(1, N, P) non-overlapping patches -> (F, T) image."""
-    image = F.fold(patches.transpose(1, 2), (cfg.input_fdim, cfg.input_tdim),
-                   cfg.patch_shape, stride=cfg.patch_stride)
+    image = F.fold(
+        patches.transpose(1, 2),
+        (cfg.input_fdim, cfg.input_tdim),
+        cfg.patch_shape,
+        stride=cfg.patch_stride,
+    )
     return image[0, 0]
 
 
@@ -35,9 +39,12 @@ def mask_figure(model: SSAST, x: torch.Tensor, gen: torch.Generator):
     filled[dense.expand_as(patches)] = model.reconstruct(x, mask).float().reshape(-1)
     model.train(was_training)
     fig, axes = plt.subplots(3, 1, figsize=(10, 6), sharex=True)
-    for ax, img, title in zip(axes, (patches, masked, filled),
-                              ("input (normalised log-mel)", "masked patches",
-                               "generative reconstruction"), strict=True):
+    for ax, img, title in zip(
+        axes,
+        (patches, masked, filled),
+        ("input (normalised log-mel)", "masked patches", "generative reconstruction"),
+        strict=True,
+    ):
         ax.imshow(_unpatchify(img.float().cpu(), cfg), origin="lower", aspect="auto")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("mel bin")

@@ -1,4 +1,5 @@
-"""One way to configure a job: a YAML file plus dotted ``key=value`` overrides.
+"""One way to configure a job: a YAML file plus dotted ``key=value`` overrides, and the
+config sections every training job shares (scaling, MLflow, optimizer).
 
 Configs are nested frozen dataclasses. ``load_config(Cls, path, ["train.lr=3e-4"])``
 merges defaults <- YAML <- overrides, converts values to the field types, validates
@@ -10,18 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
 
-def load_config(cls: type[T], path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Build ``cls`` from defaults, an optional YAML file and ``a.b=value`` overrides.
 
     Raises:
@@ -51,8 +55,10 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config", prefix: s
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-            raise ValueError(f"{where}: unknown key {prefix}{key}{hint} "
-                             f"(valid: {', '.join(prefix + f for f in fields)})")
+            raise ValueError(
+                f"{where}: unknown key {prefix}{key}{hint} "
+                f"(valid: {', '.join(prefix + f for f in fields)})"
+            )
         kwargs[key] = _convert(hints[key], value, f"{prefix}{key}", where)
     return cls(**kwargs)
 
@@ -124,3 +130,64 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     if tp is int and isinstance(value, bool):
         raise ValueError(f"{where}: {key} must be int, got {value!r}")
     return value
+
+
+# ------------------------------------------------------------ shared sections
+@dataclass(frozen=True, kw_only=True)
+class ScalingSection:
+    num_workers: int = 1
+    """Ray Train workers (one process each; DDP when > 1)."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL; CPU workers use gloo."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    max_failures: int = 3
+    """Worker-group restarts (from the last checkpoint) before the run fails."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. {"gpu_a100": 1} to pin a node group."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowSection:
+    tracking_uri: str | None = None
+    """MLflow server or store; default: sqlite store under <project>/mlruns."""
+    experiment: str = "ssast-pretrain"
+    """Experiment name."""
+    registered_model: str | None = None
+    """Registry name of the final encoder; default ssast-<size>-<geometry>."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSection:
+    """What both training jobs' optimizers share (see jobs/kit/optim.py)."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    """Adam with coupled L2 (the paper) or AdamW (decoupled decay)."""
+    lr: float = 5e-4
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.95, 0.999)
+    """The paper's Adam betas."""
+    weight_decay: float = 5e-7
+    """The paper's weight decay."""
+    warmup_steps: int = 1000
+    """Linear warm-up from 0 to lr over this many optimizer steps."""
+    schedule: str = "cosine"
+    """After warm-up (the choices depend on the job)."""
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
+    grad_clip_norm: float | None = None
+    """Clip the global gradient norm (None: no clipping, as the paper)."""
+    accumulate: int = 1
+    """Micro-batches per optimizer step."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) or self.lr == math.inf) or self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.accumulate < 1:
+            raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")

@@ -1,5 +1,5 @@
 """The prediction actor: one model per Ray actor; feature rows, audio or shard files in,
-top-k labels, scores or embeddings out. Driven by jobs/prediction.py."""
+top-k labels, scores or embeddings out. Driven by jobs/inference/driver.py."""
 
 from __future__ import annotations
 
@@ -11,57 +11,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.batches import Normalization, to_model_input
+from pipeline.batches import ModelInput
 from pipeline.clips import featurize_rows
 from pipeline.features import FeatureConfig
+from pipeline.labels import LabelSet
 
 ID_COLUMNS = ("path", "clip_id", "segment_index", "start_s", "end_s")
 """Columns copied from the input into every prediction row."""
 
 
-def encode_labels(values: list, class_names: list[str], multilabel: bool, delimiter: str,
-                  column: str = "label") -> np.ndarray:
-    """Label column values -> (B, K) float32 multi-hot targets over ``class_names``.
-
-    Raises:
-        ValueError: a value names a class that is not in ``class_names``.
-    """
-    index = {name: k for k, name in enumerate(class_names)}
-    out = np.zeros((len(values), len(class_names)), np.float32)
-    for i, value in enumerate(values):
-        names = split_label(value, multilabel, delimiter)
-        for name in names:
-            if name not in index:
-                raise ValueError(f"{column} value {name!r} is not one of the model's "
-                                 f"{len(class_names)} classes {class_names[:10]}")
-            out[i, index[name]] = 1.0
-    return out
-
-
-def split_label(value: Any, multilabel: bool, delimiter: str) -> list[str]:
-    """One label cell -> its class names (a list cell, or a delimited string)."""
-    if value is None:
-        return []
-    if isinstance(value, list | tuple | np.ndarray):
-        return [str(v) for v in value]
-    if multilabel:
-        return [v.strip() for v in str(value).split(delimiter) if v.strip()]
-    return [str(value)]
-
-
-def prepare_batch(batch: pa.Table, *, target_frames: int, mean: float, std: float,
-                  label_column: str | None = None, class_names: list[str] | None = None,
-                  multilabel: bool = False, delimiter: str = ",") -> dict[str, np.ndarray]:
-    """Feature rows -> {"fbank": (B, T, F) normalised float32[, "target": (B, K)]}."""
-    out = {"fbank": to_model_input(batch, target_frames, Normalization(mean, std))["fbank"]}
-    if label_column is not None:
-        out["target"] = encode_labels(batch.column(label_column).to_pylist(), class_names,
-                                      multilabel, delimiter, label_column)
-    return out
-
-
-def read_feature_file(uri: str, columns: list[str], where: tuple[str, Any] | None = None
-                      ) -> pa.Table:
+def read_feature_file(
+    uri: str, columns: list[str], where: tuple[str, Any] | None = None
+) -> pa.Table:
     """The ``columns`` (those the file has) of one feature shard, local or remote; with
     ``where=(column, value)`` only the rows whose column equals value."""
     fs, path = fsspec.core.url_to_fs(uri)
@@ -83,8 +44,8 @@ class Predictor:
     Args:
         payload: the checkpoint payload (or an ObjectRef of it).
         mode: "labels" (top_k names and probabilities), "scores" (all logits; with
-            ``label_column`` also the targets), "embeddings" (mean-pooled tokens).
-        prepare: keyword arguments of :func:`prepare_batch`.
+            ``spec.labels`` also the targets), "embeddings" (mean-pooled tokens).
+        spec: how feature rows become the model's input.
         source: what a batch holds. "rows": feature rows. "audio": manifest rows, which
             this actor decodes and featurizes with ``features`` (each clip stays in one
             process). "files": URIs of feature shards (column ``file``), which this actor
@@ -93,10 +54,18 @@ class Predictor:
         read: "files" only: {"columns": [...], "where": (column, value) or None, "batch_size"}.
     """
 
-    def __init__(self, payload, mode: str, prepare: dict[str, Any], top_k: int = 5,
-                 use_gpu: bool = False, threads: int = 1,
-                 source: Literal["rows", "audio", "files"] = "rows",
-                 features: FeatureConfig | None = None, read: dict | None = None) -> None:
+    def __init__(
+        self,
+        payload,
+        mode: str,
+        spec: ModelInput,
+        top_k: int = 5,
+        use_gpu: bool = False,
+        threads: int = 1,
+        source: Literal["rows", "audio", "files"] = "rows",
+        features: FeatureConfig | None = None,
+        read: dict | None = None,
+    ) -> None:
         import ray
         import torch
 
@@ -107,13 +76,17 @@ class Predictor:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_checkpoint(payload).to(self.device).eval()
-        self.mode, self.prepare, self.top_k = mode, prepare, top_k
+        self.mode, self.spec, self.top_k = mode, spec, top_k
         if (source == "audio") != (features is not None) or (source == "files") != bool(read):
             raise ValueError(f"source={source!r} needs features (audio) or read (files)")
         self.source, self.features, self.read = source, features, read
-        self.task = payload.get("task") or {}
-        self.width = (self.model.encoder.embed_dim if mode == "embeddings"
-                      else getattr(self.model, "num_classes", self.model.encoder.embed_dim))
+        task = payload.get("task") or {}
+        self.labels = LabelSet.from_dict(task) if task.get("class_names") else None
+        self.width = (
+            self.model.encoder.embed_dim
+            if mode == "embeddings"
+            else getattr(self.model, "num_classes", self.model.encoder.embed_dim)
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.source == "audio":
@@ -125,8 +98,9 @@ class Predictor:
         for uri in batch.column("file").to_pylist():
             rows = read_feature_file(uri, self.read["columns"], self.read["where"])
             # range(0, max(n, 1)): a file without matching rows still gives its columns
-            parts += [self._predict(rows.slice(k, size))
-                      for k in range(0, max(rows.num_rows, 1), size)]
+            parts += [
+                self._predict(rows.slice(k, size)) for k in range(0, max(rows.num_rows, 1), size)
+            ]
         return pa.concat_tables(parts)
 
     def _predict(self, batch: pa.Table) -> pa.Table:
@@ -137,11 +111,12 @@ class Predictor:
             none = pa.nulls(batch.num_rows, pa.string())
             batch = batch.append_column("reason", none).append_column("detail", none)
         ok = np.asarray(batch.column("reason").is_null())
-        out = batch.select([c for c in (*ID_COLUMNS, "reason", "detail")
-                            if c in batch.column_names])
+        out = batch.select(
+            [c for c in (*ID_COLUMNS, "reason", "detail") if c in batch.column_names]
+        )
         rows = batch.filter(pa.array(ok))
         if rows.num_rows:
-            x = prepare_batch(rows, **self.prepare)
+            x = self.spec.prepare(rows)
             with torch.no_grad():
                 fbank = torch.from_numpy(x["fbank"]).to(self.device)
                 values = self._forward(fbank).float().cpu().numpy()  # (B_ok, K or D)
@@ -149,7 +124,7 @@ class Predictor:
         else:  # every clip of this batch failed: same columns, all null
             values = np.zeros((0, self.width), np.float32)
             target = np.zeros((0, self.width), np.float32)
-        if self.prepare.get("label_column") is None:
+        if self.spec.labels is None:
             target = None
         return _attach(out, ok, self._columns(values, target))
 
@@ -168,13 +143,17 @@ class Predictor:
             if target is not None:
                 cols["target"] = _list_array(target)
             return cols
-        probs = _probabilities(values, bool(self.task.get("multilabel")))
+        probs = _probabilities(values, bool(self.labels and self.labels.multilabel))
         k = min(self.top_k, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (B, k)
-        names = np.asarray(self.task.get("class_names") or [str(i) for i in
-                                                            range(probs.shape[1])])
-        return {"top_labels": pa.array(names[top].tolist(), pa.list_(pa.string())),
-                "top_scores": _list_array(np.take_along_axis(probs, top, axis=1))}
+        names = np.asarray(
+            self.labels.class_names if self.labels else [str(i) for i in range(probs.shape[1])]
+        )
+        return {
+            "top_labels": pa.array(names[top].tolist(), pa.list_(pa.string())),
+            "top_scores": _list_array(np.take_along_axis(probs, top, axis=1)),
+        }
+
 
 def _attach(out: pa.Table, ok: np.ndarray, columns: dict[str, pa.Array]) -> pa.Table:
     """Append prediction columns, with nulls on rows that failed featurization."""
@@ -189,8 +168,9 @@ def _attach(out: pa.Table, ok: np.ndarray, columns: dict[str, pa.Array]) -> pa.T
             continue
         idx = pa.array(np.where(ok, where, 0), pa.int64())
         taken = col.take(idx)
-        out = out.append_column(name, pc.if_else(pa.array(ok), taken,
-                                                 pa.nulls(len(ok), taken.type)))
+        out = out.append_column(
+            name, pc.if_else(pa.array(ok), taken, pa.nulls(len(ok), taken.type))
+        )
     return out
 
 

@@ -1,0 +1,44 @@
+"""What every entry point shares: logging set-up and the config command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs.kit.config import load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The project checkout (jobs/kit/cli.py -> ..)."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", help="YAML file (defaults apply for keys it omits)")
+    ap.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. clips_per_shard=64")
+    return ap
+
+
+def resolve_config(cls, args: argparse.Namespace):
+    """Load the config; print it and exit when --print-config."""
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        raise SystemExit(0)
+    return cfg

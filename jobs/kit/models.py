@@ -1,0 +1,141 @@
+"""Model references, and the feature contract every model of ours carries.
+
+A reference is a checkpoint file (ours: ``final/ssast.pt``, ``model.pt``; or a released
+SSAST ``.pth``), local or ``s3://``; a directory holding one (``final/ssast.pt``,
+``ssast.pt`` or ``model.pt``); or an MLflow URI (``runs:/<id>/<path>``,
+``models:/<name>/<version>``). Every job that takes a model reads it through
+:func:`read_model`.
+
+Our checkpoints record ``features`` (the :class:`FeatureConfig` the model was trained on)
+and ``normalization`` (its statistics); fine-tuned ones also ``task`` (classes, label
+column). A released ``.pth`` implies the SSAST defaults (``FeatureConfig()``) and no
+statistics. Raw audio given to a model is featurized with the model's own settings, and
+a featurized dataset made with other settings is refused (:func:`check_features`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import torch
+
+from pipeline.features import FeatureConfig
+from pipeline.labels import LabelSet
+from pipeline.normalization import Normalization
+from pipeline.schema import feature_diff
+from ssast import SSAST, SSASTClassifier, load_checkpoint
+from ssast.checkpoint import checkpoint_payload
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHECKPOINT_NAMES = ("final/ssast.pt", "ssast.pt", "model.pt")
+"""What a directory reference may hold, in the order they are looked for."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model read from a reference, with what it was trained on."""
+
+    ref: str
+    payload: dict[str, Any]
+    """Our checkpoint format (a released file converted): what load_checkpoint takes."""
+    model: SSAST | SSASTClassifier
+    features: FeatureConfig
+    normalization: Normalization | None
+    """None: the file carries no statistics (a released .pth, or an older checkpoint)."""
+    labels: LabelSet | None
+    """Fine-tuned classifiers: their classes and label column."""
+
+    @property
+    def kind(self) -> Literal["classifier", "pretrain"]:
+        return "classifier" if isinstance(self.model, SSASTClassifier) else "pretrain"
+
+
+def contract(features: FeatureConfig, normalization: Normalization) -> dict[str, Any]:
+    """The checkpoint keys that record what a model was trained on."""
+    return {"features": features.to_dict(), "normalization": normalization.to_dict()}
+
+
+def read_model(ref: str) -> ModelFile:
+    """Read any model reference (see the module docstring), weights only.
+
+    Raises:
+        ValueError: nothing at the reference, or not an SSAST checkpoint.
+    """
+    payload = read_payload(ref)
+    model = load_checkpoint(payload)
+    if payload.get("format") != "ssast-ray":
+        payload = checkpoint_payload(model)  # actors then need no conversion
+    features = (
+        FeatureConfig.from_dict(payload["features"]) if "features" in payload else FeatureConfig()
+    )
+    task = payload.get("task") or {}
+    stats = payload.get("normalization") or task.get("normalization")  # older model.pt
+    if isinstance(stats, list | tuple):
+        stats = {"mean": stats[0], "std": stats[1], "source": "model"}
+    normalization = Normalization.from_dict({**stats, "source": "model"}) if stats else None
+    labels = LabelSet.from_dict(task) if task.get("class_names") else None
+    return ModelFile(ref, payload, model, features, normalization, labels)
+
+
+def read_payload(ref: str) -> dict[str, Any]:
+    """The raw checkpoint dict a reference points to."""
+    if ref.startswith(MLFLOW_SCHEMES):
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp)
+            return _load(_find_checkpoint(Path(local), ref))
+    fs, path = fsspec.core.url_to_fs(ref)
+    if not fs.exists(path):
+        raise ValueError(
+            f"model {ref}: no such file or directory; give a checkpoint, a "
+            "training output directory, or an MLflow runs:/ or models:/ URI"
+        )
+    if fs.isdir(path):
+        for name in CHECKPOINT_NAMES:
+            if fs.exists(f"{path}/{name}"):
+                return read_payload(ref.rstrip("/") + "/" + name)
+        raise ValueError(f"model {ref}: a directory without {', '.join(CHECKPOINT_NAMES)}")
+    with fs.open(path, "rb") as f:
+        return _load(f, ref)
+
+
+def check_features(model: ModelFile, found: FeatureConfig, where: str) -> None:
+    """ValueError naming every field where a dataset's features differ from the model's."""
+    if found == model.features:
+        return
+    raise ValueError(
+        f"{where} was featurized with other settings than model {model.ref} was trained on "
+        f"({feature_diff(found, model.features, 'data', 'model')}). Featurize the audio "
+        "again with the model's settings "
+        "(jobs/featurize.py features.<key>=...), or give the raw audio (a manifest), which "
+        "is featurized with the model's own settings"
+    )
+
+
+def _find_checkpoint(local: Path, uri: str):
+    if local.is_file():
+        return local
+    found = sorted(local.rglob("*.pt")) + sorted(local.rglob("*.pth"))
+    if not found:
+        raise ValueError(f"{uri} holds no .pt / .pth checkpoint")
+    return found[0]
+
+
+def _load(source, ref: str | None = None) -> dict[str, Any]:
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise ValueError(
+            f"model {ref or source}: not a readable checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"model {ref or source} holds a {type(obj).__name__}, expected a checkpoint dict"
+        )
+    return obj
