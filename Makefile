@@ -30,6 +30,7 @@ demo: $(STAMP)
 # pytest exits 5 when it collects nothing (e.g. a filter matched no test): not a failure.
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 

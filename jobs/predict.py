@@ -16,8 +16,8 @@ directory, or an MLflow URI (runs:/<id>/outputs/model.pt, models:/<name>/<versio
 --input is a featurized dataset directory (made with the model's feature settings) or a
 manifest / audio directory, featurized on the fly with the model's own settings. Writes
 OUTPUT/predictions/*.parquet (path, clip_id, segment_index, start_s, end_s, then
-top_labels + top_scores, scores, or embedding) and OUTPUT/errors/part-000000.parquet (path, reason, detail) for clips that
-could not be decoded.
+top_labels + top_scores, scores, or embedding) and OUTPUT/errors/part-000000.parquet
+(path, reason, detail) for clips that could not be decoded.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def broken_jobs():
             set_in(
                 ["spec", "runtimeEnvYAML"],
                 "working_dir: /home/ray/ssast\nenv_vars: "
-                "{RAY_DATA_PARQUET_FOOTER_NUM_ACTORS: '4'}\n",
+                "{RAY_DATA_PARQUET_FOOTER_NUM_ACTORS: '4', PYTHONUNBUFFERED: '1'}\n",
             ),
             "MLflow",
         ),
