@@ -220,6 +220,15 @@ def _aggregate(
     missing = [k for k, s in enumerate(stats) if s is None]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} of {root} were not committed; rerun to resume")
+    return aggregate_stats(stats, manifest, cfg)
+
+
+def aggregate_stats(
+    stats: list[dict[str, Any]], manifest: pa.Table, cfg: FeaturizeConfig
+) -> dict[str, Any]:
+    """``dataset.json`` from the shards' markers: counts, hours and the statistics of
+    every stored log-mel value (sums and sums of squares, so shards combine exactly)."""
+    num_shards = len(stats)
     F = cfg.features.num_mel_bins
     bin_sum = np.sum([s["bin_sum"] for s in stats], axis=0) if stats else np.zeros(F)
     bin_sumsq = np.sum([s["bin_sumsq"] for s in stats], axis=0) if stats else np.zeros(F)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import fsspec
 
 from pipeline.features import FeatureConfig
+from pipeline.normalization import Normalization
 
 SCHEMA_VERSION = 1
 FEATURE_COLUMNS = (
@@ -87,6 +88,11 @@ class DatasetInfo:
     hours: float
     mean: float
     std: float
+
+    @property
+    def statistics(self) -> Normalization:
+        """The dataset's own normalisation (mean and std of its log-mel values)."""
+        return Normalization(self.mean, self.std, "dataset")
 
     @property
     def features_dir(self) -> str:

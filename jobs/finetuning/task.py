@@ -109,5 +109,5 @@ def read_task(info: DatasetInfo, cfg: FinetuneConfig) -> Task:
         )
     except ValueError as exc:
         raise ValueError(f"{info.root}: {exc}") from None
-    norm = choose_normalization(d.normalization, dataset=Normalization(info.mean, info.std))
+    norm = choose_normalization(d.normalization, dataset=info.statistics)
     return resolve_task(cfg, labels, norm, counts)

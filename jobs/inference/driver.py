@@ -82,7 +82,7 @@ def input_dataset(
             raise ValueError(f"{info.features_dir} holds no Parquet shards; featurize again")
         uris = [fs.unstrip_protocol(f) if "://" in source else f for f in files]
         ds = ray.data.from_items([{"file": u} for u in uris], override_num_blocks=len(uris))
-        return PredictInput(ds, "files", Normalization(info.mean, info.std))
+        return PredictInput(ds, "files", info.statistics)
     from pipeline.featurize import stream_features
     from pipeline.manifest import read_manifest
 

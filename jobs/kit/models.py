@@ -132,10 +132,14 @@ def _load(source, ref: str | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(
             f"model {ref or source}: not a readable checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"({type(exc).__name__}: {_first_line(exc) or 'empty or truncated file'})"
         ) from exc
     if not isinstance(obj, dict):
         raise ValueError(
             f"model {ref or source} holds a {type(obj).__name__}, expected a checkpoint dict"
         )
     return obj
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().split("\n", 1)[0][:200]

@@ -90,7 +90,7 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
                 f"features ({feature_diff(features, cfg.features, 'data', 'config')}); drop "
                 "`features` from the config or featurize again"
             )
-        stats = Normalization(info.mean, info.std)
+        stats = info.statistics
         num_rows = min(info.num_rows, cfg.data.limit or info.num_rows)
     else:
         features, stats, num_rows = cfg.features or FeatureConfig(), None, None

@@ -94,14 +94,13 @@ def trial_lengths(cfg: TuneJobConfig) -> list[int]:
     return sorted(set(spec["choice"])) if spec else [cfg.model.input_tdim]
 
 
-def concurrent_trials(cfg: TuneJobConfig) -> int:
-    """tune.max_concurrent_trials, or as many trials as the cluster's CPUs (and GPUs)
-    hold, counting each trial's driver and its Ray Train workers."""
-    import ray
-
+def concurrent_trials(cfg: TuneJobConfig, total: dict[str, float]) -> int:
+    """tune.max_concurrent_trials, or as many trials as the cluster's resources ``total``
+    (``ray.cluster_resources()``: CPUs, GPUs) hold, counting each trial's driver and its
+    Ray Train workers."""
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
-    s, total = cfg.scaling, ray.cluster_resources()
+    s = cfg.scaling
     per_trial = cfg.tune.trial_driver_cpus + s.num_workers * s.cpus_per_worker
     fits = math.floor(total.get("CPU", 0) / per_trial + 1e-9)
     if s.use_gpu:
@@ -117,6 +116,7 @@ def concurrent_trials(cfg: TuneJobConfig) -> int:
 
 def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     """Run (or restore) the sweep ``output/cfg.name``; register the best classifier."""
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -161,7 +161,7 @@ def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
                 metric=metric,
                 mode="max",
                 num_samples=t.num_samples,
-                max_concurrent_trials=concurrent_trials(cfg),
+                max_concurrent_trials=concurrent_trials(cfg, ray.cluster_resources()),
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
                     max_t=cfg.train.max_epochs,

@@ -4,6 +4,7 @@ MLflow server, on a generated labelled corpus (7 classes, 140 clips, 6 broken fi
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,3 +289,118 @@ def test_tune_sweep_restores_after_the_driver_dies_and_registers_the_best(
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
     [version] = client.search_model_versions("name = 'ssast-tuned'")
     assert version.run_id == result.mlflow_run_id
+
+
+@pytest.fixture(scope="module")
+def mel64(labelled, tmp_path_factory):
+    """The labelled corpus featurized with non-default settings (64 mel bins)."""
+    from pipeline.features import FeatureConfig
+    from pipeline.featurize import FeaturizeConfig, featurize
+
+    out = tmp_path_factory.mktemp("mel64") / "ds"
+    cfg = FeaturizeConfig(
+        clips_per_shard=35, max_error_fraction=0.1, features=FeatureConfig(num_mel_bins=64)
+    )
+    featurize(str(labelled[0]), str(out), cfg)
+    return str(out)
+
+
+def test_a_model_carries_its_features_and_stops_on_a_non_finite_loss(
+    labelled, mel64, mlflow_server, tmp_path, capsys
+):
+    """Trained on 64-mel features, the model featurizes raw audio with 64 mel bins (the
+    same predictions as from its dataset) and refuses a default-settings dataset. Then a
+    NaN loss stops fine-tuning as it stops pretraining: exit 3, step and lr in the error,
+    the last good checkpoint kept, no retry."""
+    manifest, default_data, good, _ = labelled
+    out = tmp_path / "run"
+    common = [
+        "--config",
+        SAMPLE,
+        "--data",
+        mel64,
+        "--output",
+        str(out),
+        "--init",
+        "scratch",
+        *FAST,
+        "name=mel64",
+        f"mlflow.tracking_uri={mlflow_server}",
+    ]
+    assert finetune.main([*common, "train.max_epochs=1"]) == 0
+    model = str(out / "model.pt")
+    assert torch.load(model, weights_only=True)["features"]["num_mel_bins"] == 64
+
+    assert (
+        predict.main(
+            [
+                "--model",
+                model,
+                "--input",
+                str(manifest),
+                "--output",
+                str(tmp_path / "audio"),
+                "top_k=2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        predict.main(
+            ["--model", str(out), "--input", mel64, "--output", str(tmp_path / "feats"), "top_k=2"]
+        )
+        == 0
+    )  # a directory reference
+    from_audio = {
+        r["path"]: r for r in pq.read_table(tmp_path / "audio" / "predictions").to_pylist()
+    }
+    from_feats = pq.read_table(tmp_path / "feats" / "predictions").to_pylist()
+    assert len(from_audio) == len(from_feats) == good
+    for r in from_feats:
+        assert from_audio[r["path"]]["top_labels"] == r["top_labels"]
+        assert from_audio[r["path"]]["top_scores"] == pytest.approx(r["top_scores"], abs=1e-3)
+    with pytest.raises(ValueError, match=r"num_mel_bins: data 128 vs model 64"):
+        predict.main(
+            ["--model", model, "--input", default_data, "--output", str(tmp_path / "refused")]
+        )
+
+    capsys.readouterr()
+    blown = ["optim.lr=.inf", "optim.schedule=constant", "train.max_epochs=3"]
+    assert finetune.main([*common, *blown]) == 3
+    assert re.search(
+        r"loss became NaN/inf at step \d+ \(lr inf\); last good checkpoint: "
+        r"\S*epoch_0001",
+        capsys.readouterr().err,
+    )
+    assert [p.name for p in (out / "mel64").glob("epoch_*")] == ["epoch_0001"]
+
+
+def test_predict_takes_a_model_registry_uri(
+    scratch_run, labelled, mlflow_server, tmp_path, monkeypatch
+):
+    """models:/NAME/VERSION (what fine-tuning registered) predicts like the file it holds:
+    its top-1 labels on the test split give the test accuracy fine-tuning reported."""
+    _, metrics = scratch_run
+    _, data, _, _ = labelled
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert (
+        predict.main(
+            [
+                "--model",
+                "models:/ssast-sample-classifier/1",
+                "--input",
+                data,
+                "--output",
+                str(tmp_path),
+                "top_k=1",
+            ]
+        )
+        == 0
+    )
+    top = {
+        r["path"]: r["top_labels"][0] for r in pq.read_table(tmp_path / "predictions").to_pylist()
+    }
+    rows = pq.read_table(Path(data) / "features", columns=["path", "label", "split"])
+    test = [r for r in rows.to_pylist() if r["split"] == "test"]
+    accuracy = sum(top[r["path"]] == r["label"] for r in test) / len(test)
+    assert accuracy == pytest.approx(metrics["test/accuracy"])

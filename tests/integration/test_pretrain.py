@@ -40,12 +40,11 @@ def heldout_loss(checkpoint: str | None, data: str) -> float:
     import pyarrow.parquet as pq
 
     from pipeline.batches import to_model_input
-    from pipeline.normalization import Normalization
     from pipeline.schema import load_dataset_info
     from ssast import SSAST, SSASTConfig
 
     info = load_dataset_info(data)
-    x = to_model_input(pq.read_table(info.features_dir), 256, Normalization(info.mean, info.std))
+    x = to_model_input(pq.read_table(info.features_dir), 256, info.statistics)
     if checkpoint is None:
         torch.manual_seed(0)  # the job's train.seed: the same initial weights
         model = SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=100))

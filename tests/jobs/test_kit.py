@@ -1,0 +1,199 @@
+"""Pure logic of the jobs, without Ray: data-pass and step arithmetic, Tune capacity,
+the normalisation rule, model references and their feature contract, task validation."""
+
+import json
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs.finetuning.config import FinetuneConfig
+from jobs.finetuning.task import read_task
+from jobs.finetuning.worker import steps_per_epoch
+from jobs.kit.config import load_config
+from jobs.kit.models import check_features, contract, read_model
+from jobs.pretraining.config import PretrainConfig
+from jobs.pretraining.driver import passes_needed
+from jobs.tuning.config import TuneJobConfig
+from jobs.tuning.driver import concurrent_trials, trial_lengths
+from pipeline.features import FeatureConfig
+from pipeline.normalization import PRESETS, Normalization, choose_normalization
+from pipeline.schema import SCHEMA_VERSION, load_dataset_info
+from ssast import SSAST, SSASTClassifier, SSASTConfig, save_checkpoint
+
+
+# ------------------------------------------------------------ arithmetic
+def test_passes_cover_every_sample_of_the_run_plus_one():
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        ["train.max_steps=10", "train.batch_size=4", "scaling.num_workers=2", "optim.accumulate=3"],
+    )
+    assert passes_needed(cfg, None) == 1  # streamed: one pass, never counted
+    assert passes_needed(cfg, 240) == 2  # 10 x 4 x 3 x 2 = 240 samples: 1 pass + 1 spare
+    assert passes_needed(cfg, 100) == 4  # ceil(240 / 100) + 1
+    assert passes_needed(cfg, 1) == 241
+    big = load_config(PretrainConfig, None, ["train.max_steps=100000"])
+    assert passes_needed(big, 1) == 1000  # capped
+
+
+def test_steps_per_epoch_counts_the_short_last_batch():
+    assert steps_per_epoch(100, world=1, batch_size=10, accumulate=1) == 10
+    assert steps_per_epoch(101, world=1, batch_size=10, accumulate=1) == 11
+    assert steps_per_epoch(100, world=2, batch_size=8, accumulate=2) == 4  # 32 per step
+
+
+def test_tune_capacity_counts_trial_drivers_and_workers():
+    cfg = load_config(TuneJobConfig, None, ["scaling.cpus_per_worker=0.5"])
+    assert concurrent_trials(cfg, {"CPU": 4.0}) == 6  # 4 / (0.1 + 0.5)
+    two = load_config(TuneJobConfig, None, ["scaling.num_workers=2"])
+    assert concurrent_trials(two, {"CPU": 4.0}) == 1  # 4 / 2.1
+    gpu = load_config(TuneJobConfig, None, ["scaling.use_gpu=true"])
+    assert concurrent_trials(gpu, {"CPU": 16.0, "GPU": 3.0}) == 3
+    fixed = load_config(TuneJobConfig, None, ["tune.max_concurrent_trials=2"])
+    assert concurrent_trials(fixed, {"CPU": 1.0}) == 2
+    with pytest.raises(ValueError, match="a trial needs 2.1 CPUs"):
+        concurrent_trials(two, {"CPU": 2.0})
+    space = load_config(
+        TuneJobConfig, None, ["tune.search_space={model.input_tdim: {choice: [256, 128, 256]}}"]
+    )
+    assert trial_lengths(space) == [128, 256]
+
+
+# --------------------------------------------------------- normalisation
+def test_one_normalisation_rule_with_warned_fallbacks(caplog):
+    model, data = Normalization(-5.0, 3.0, "model"), Normalization(-6.0, 4.0)
+    assert choose_normalization("model", model=model, dataset=data) is model
+    assert choose_normalization("dataset", model=model, dataset=data) is data
+    assert choose_normalization("esc50", model=model, dataset=data).mean == PRESETS["esc50"][0]
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert choose_normalization("model", dataset=data) is data
+        fallback = choose_normalization("dataset")
+    assert (fallback.mean, fallback.std) == PRESETS["audioset"]
+    assert len(caplog.records) == 2 and "audioset" in caplog.records[1].message
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        choose_normalization("bogus")
+    with pytest.raises(ValueError, match="finite"):
+        Normalization(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="data.normalization must be one of"):
+        load_config(FinetuneConfig, None, ["data.normalization=bogus"])
+
+
+# ----------------------------------------------------- model references
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return SSAST(SSASTConfig(size="tiny", input_fdim=64, input_tdim=64, num_masked=4))
+
+
+def test_model_references_carry_their_feature_contract(tiny, tmp_path):
+    mel64 = FeatureConfig(num_mel_bins=64)
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    save_checkpoint(
+        tiny,
+        tmp_path / "run" / "final" / "ssast.pt",
+        extra=contract(mel64, Normalization(-5.0, 3.0)),
+    )
+    for ref in (tmp_path / "run" / "final" / "ssast.pt", tmp_path / "run"):  # file, directory
+        found = read_model(str(ref))
+        assert found.kind == "pretrain" and found.features == mel64
+        assert (found.normalization.mean, found.normalization.std) == (-5.0, 3.0)
+        assert found.labels is None
+    check_features(found, mel64, "data")
+    with pytest.raises(ValueError, match=r"num_mel_bins: data 128 vs model 64") as err:
+        check_features(found, FeatureConfig(), "data/features")
+    assert "data/features" in str(err.value) and "sample_rate_hz" not in str(err.value)
+
+    # A released-layout file implies the SSAST defaults and carries no statistics.
+    torch.save(tiny.to_original_state_dict(), tmp_path / "released.pth")
+    released = read_model(str(tmp_path / "released.pth"))
+    assert released.features == FeatureConfig() and released.normalization is None
+    assert released.payload["format"] == "ssast-ray"  # converted once, for the actors
+
+    # A fine-tuned model.pt of an earlier version kept its statistics inside its task.
+    clf = SSASTClassifier(tiny.cfg.replace(num_masked=1), 3)
+    task = {"class_names": ["a", "b", "c"], "normalization": [-4.0, 2.0]}
+    save_checkpoint(clf, tmp_path / "model.pt", extra={"task": task})
+    old = read_model(str(tmp_path / "model.pt"))
+    assert old.kind == "classifier" and old.labels.class_names == ("a", "b", "c")
+    assert (old.normalization.mean, old.normalization.std) == (-4.0, 2.0)
+
+
+def test_bad_model_references_are_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such file or directory"):
+        read_model(str(tmp_path / "nope.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="a directory without final/ssast.pt"):
+        read_model(str(tmp_path / "empty"))
+    (tmp_path / "zero.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        read_model(str(tmp_path / "zero.pt"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list"):
+        read_model(str(tmp_path / "list.pt"))
+
+
+# ------------------------------------------------------------- the task
+def write_dataset(root, labels, splits, mean=-5.0, std=3.0):
+    """A featurized dataset directory by hand: dataset.json and one shard."""
+    (root / "features").mkdir(parents=True)
+    n = len(labels)
+    pq.write_table(
+        pa.table(
+            {
+                "label": labels,
+                "split": splits,
+                "fbank": [[0.0] * 128] * n,
+                "num_frames": [1] * n,
+                "num_mel_bins": [128] * n,
+            }
+        ),
+        root / "features" / "part-0.parquet",
+    )
+    (root / "features" / "part-1.parquet.tmp-1234").write_bytes(b"leftover of a killed write")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "feature_config": FeatureConfig().to_dict(),
+                "num_rows": n,
+                "num_errors": 0,
+                "hours": 0.0,
+                "mean": mean,
+                "std": std,
+            }
+        )
+    )
+    return load_dataset_info(str(root))
+
+
+def test_read_task_counts_splits_names_classes_and_refuses_bad_data(tmp_path):
+    labels = ["dog", "cat", "dog", "bird", "cat", "dog"]
+    splits = ["train", "train", "train", "valid", "test", "test"]
+    info = write_dataset(tmp_path / "ok", labels, splits)
+    task = read_task(info, FinetuneConfig())
+    assert task.labels.class_names == ("bird", "cat", "dog")
+    assert task.rows == {"train": 3, "valid": 1, "test": 2} and task.train_rows == 3
+    assert (task.loss, task.metric) == ("ce", "accuracy")
+    assert (task.normalization.mean, task.normalization.std) == (-5.0, 3.0)
+    assert task.normalization.fill == pytest.approx(5.0 / 6.0)
+    np.testing.assert_array_equal(task.labels.encode(["cat", "dog"]), [[0, 1, 0], [0, 0, 1]])
+    assert task.saved()["class_names"] == ["bird", "cat", "dog"]
+    limited = read_task(
+        info, load_config(FinetuneConfig, None, ["data.limit=1", "data.multilabel=true"])
+    )
+    assert limited.rows == {"train": 1, "valid": 1, "test": 1}
+    assert (limited.loss, limited.metric) == ("bce", "mAP")
+
+    with pytest.raises(ValueError, match="no rows with split == 'valid'"):
+        read_task(write_dataset(tmp_path / "novalid", labels[:3], splits[:3]), FinetuneConfig())
+    with pytest.raises(ValueError, match="a classifier needs at least 2"):
+        read_task(write_dataset(tmp_path / "one", ["x"] * 2, ["train", "valid"]), FinetuneConfig())
+    with pytest.raises(ValueError, match=r"no column 'kind' \(data.label_column\)"):
+        read_task(info, load_config(FinetuneConfig, None, ["data.label_column=kind"]))
+    with pytest.raises(ValueError, match="is not one of the model's 3 classes"):
+        task.labels.encode(["cow"])
