@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import torch
 import yaml
 
 from jobs.finetuning.config import FinetuneConfig
 from jobs.finetuning.task import Task, read_task
-from jobs.finetuning.worker import train_loop_per_worker
+from jobs.finetuning.worker import predict_batches, train_loop_per_worker
 from jobs.inference.config import PredictConfig
 from jobs.inference.driver import PredictInput, score_dataset
 from jobs.kit.config import flatten, to_dict
+from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
 from jobs.kit.metrics import confusion_matrix, format_report, per_class_report, summary
 from jobs.kit.models import ModelFile, check_features, contract, read_model
 from jobs.kit.tracking import (
@@ -57,26 +59,35 @@ def raw_split(info: DatasetInfo, cfg: FinetuneConfig, split: str):
     from ray.data.expressions import col
 
     d = cfg.data
-    fs, root = fsspec.core.url_to_fs(info.features_dir)
-    files = [
-        fs.unstrip_protocol(f) if "://" in info.features_dir else f
-        for f in sorted(fs.glob(f"{root}/*.parquet"))
-    ]  # not leftover *.tmp-* files
-    ds = ray.data.read_parquet(files).select_columns(
+    ds = ray.data.read_parquet(shard_files(info.features_dir)).select_columns(
         [*MODEL_INPUT_COLUMNS, d.label_column, d.split_column]
     )
     ds = ds.filter(expr=col(d.split_column) == split)
     return ds.limit(d.limit) if d.limit is not None else ds
 
 
+def split_rows(info: DatasetInfo, cfg: FinetuneConfig, split: str):
+    """The feature rows of one split as one Arrow table, read in this process."""
+    d = cfg.data
+    return read_rows(
+        info.features_dir,
+        [*MODEL_INPUT_COLUMNS, d.label_column],
+        where=(d.split_column, split),
+        limit=d.limit,
+    )
+
+
 def split_dataset(
     info: DatasetInfo, cfg: FinetuneConfig, split: str, spec: ModelInput, num_rows: int
 ):
-    """Ray Dataset of {"fbank", "target"} rows of one split; materialized when small."""
+    """Ray Dataset of {"fbank", "target"} rows of one split: prepared in this process when
+    small, by Ray Data into the object store up to data.cache_mb, else streamed."""
+    size_mb = num_rows * spec.target_frames * info.feature_config.num_mel_bins * 4 / 2**20
+    if size_mb <= DRIVER_PREPARE_MB:
+        return prepared_dataset(split_rows(info, cfg, split), spec.prepare)
     ds = raw_split(info, cfg, split).map_batches(
         spec.prepare, batch_format="pyarrow", batch_size=32
     )
-    size_mb = num_rows * spec.target_frames * info.feature_config.num_mel_bins * 4 / 2**20
     return ds.materialize() if size_mb <= cfg.data.cache_mb else ds
 
 
@@ -265,14 +276,15 @@ def model_payload(model: SSASTClassifier, prepared: PreparedData, **extra) -> di
 def _score_final(
     payload: dict, prepared: PreparedData, cfg: FinetuneConfig, state: dict
 ) -> dict[str, tuple]:
-    """{"valid" (the average was never validated), "test"}: (scores, targets)."""
+    """{"valid" (the average was never validated), "test"}: (scores, targets). A small
+    split is scored in this process, a large one on an actor pool (jobs/inference)."""
     import ray
 
-    d, task = cfg.data, prepared.task
+    d, task, spec = cfg.data, prepared.task, prepared.spec
     splits = ([d.valid_split] if state["avg_count"] else []) + (
         [d.test_split] if task.rows[d.test_split] else []
     )
-    ref, reports = ray.put(payload), {}
+    reports, ref = {}, None
     s = cfg.scaling
     predict = PredictConfig(
         mode="scores",
@@ -283,9 +295,34 @@ def _score_final(
     )
     for split in splits:
         name = "valid" if split == d.valid_split else "test"
+        size_mb = (
+            task.rows[split]
+            * spec.target_frames
+            * prepared.info.feature_config.num_mel_bins
+            * 4
+            / 2**20
+        )
+        if size_mb <= DRIVER_PREPARE_MB:
+            reports[name] = _score_here(
+                payload, split_rows(prepared.info, cfg, split), spec, cfg.train.eval_batch_size
+            )
+            continue
+        ref = ref or ray.put(payload)
         rows = PredictInput(raw_split(prepared.info, cfg, split), "rows")
-        reports[name] = score_dataset(rows, ref, prepared.spec, predict)
+        reports[name] = score_dataset(rows, ref, spec, predict)
     return reports
+
+
+def _score_here(
+    payload: dict, rows, spec: ModelInput, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, K), targets (N, K)) of feature rows, with the model in this process."""
+    model = load_checkpoint(payload).eval()
+    batches = (
+        {k: torch.from_numpy(v) for k, v in spec.prepare(rows.slice(i, batch_size)).items()}
+        for i in range(0, rows.num_rows, batch_size)
+    )
+    return predict_batches(model, batches, torch.device("cpu"))
 
 
 def final_classifier(checkpoint) -> tuple[SSASTClassifier, dict]:

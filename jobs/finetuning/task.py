@@ -13,6 +13,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from jobs.finetuning.config import FinetuneConfig
+from jobs.kit.datasets import read_rows, shard_files
 from pipeline.labels import LabelSet, class_names
 from pipeline.normalization import Normalization, choose_normalization
 from pipeline.schema import DatasetInfo
@@ -84,11 +85,10 @@ def read_task(info: DatasetInfo, cfg: FinetuneConfig) -> Task:
             empty, or there are fewer than two classes.
     """
     d = cfg.data
-    fs, root = fsspec.core.url_to_fs(info.features_dir)
-    files = sorted(fs.glob(f"{root}/*.parquet"))
-    if not files:
-        raise ValueError(f"{info.features_dir} holds no Parquet shards; featurize again")
-    schema = pq.read_schema(fs.open(files[0]))
+    files = shard_files(info.features_dir)
+    fs, first = fsspec.core.url_to_fs(files[0])
+    with fs.open(first, "rb") as f:
+        schema = pq.read_schema(f)
     for name, key in ((d.label_column, "data.label_column"), (d.split_column, "data.split_column")):
         if name not in schema.names:
             raise ValueError(
@@ -96,7 +96,7 @@ def read_task(info: DatasetInfo, cfg: FinetuneConfig) -> Task:
                 f"{[c for c in schema.names if c != 'fbank']}"
             )
     # The shard files only: leftovers of an interrupted write are not part of the data.
-    table = pq.read_table(files, filesystem=fs, columns=[d.label_column, d.split_column])
+    table = read_rows(info.features_dir, [d.label_column, d.split_column])
     values, splits = table.column(0).to_pylist(), table.column(1).to_pylist()
     counts = split_counts(splits, cfg)
     check_splits(counts, splits, cfg, info.root)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from jobs.inference.config import PredictConfig
 from jobs.inference.predictor import ID_COLUMNS, Predictor
+from jobs.kit.datasets import shard_files
 from jobs.kit.metrics import format_report, per_class_report, summary
 from jobs.kit.models import ModelFile, check_features, read_model
 from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput
@@ -69,18 +70,13 @@ def input_dataset(
     Raises:
         ValueError: a featurized dataset made with other settings than ``model``'s.
     """
-    import fsspec
     import ray
 
     if exists(source.rstrip("/") + "/dataset.json"):
         info = load_dataset_info(source)
         if model is not None:
             check_features(model, info.feature_config, source)
-        fs, root = fsspec.core.url_to_fs(info.features_dir)
-        files = sorted(fs.glob(f"{root}/*.parquet"))
-        if not files:
-            raise ValueError(f"{info.features_dir} holds no Parquet shards; featurize again")
-        uris = [fs.unstrip_protocol(f) if "://" in source else f for f in files]
+        uris = shard_files(info.features_dir)
         ds = ray.data.from_items([{"file": u} for u in uris], override_num_blocks=len(uris))
         return PredictInput(ds, "files", info.statistics)
     from pipeline.featurize import stream_features

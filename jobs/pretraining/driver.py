@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 import yaml
 
 from jobs.kit.config import flatten, to_dict
+from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
 from jobs.kit.models import contract
 from jobs.kit.tracking import (
     default_tracking_uri,
@@ -97,11 +99,19 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     norm = choose_normalization(cfg.data.normalization, dataset=stats)
     t = cfg.train
     passes = passes_needed(cfg, num_rows)
+    size_mb = (num_rows or 0) * cfg.model.input_tdim * features.num_mel_bins * 4 / 2**20
+    if info is not None and size_mb <= DRIVER_PREPARE_MB:
+        # Small data: prepared here once, every pass a reshuffled view of its blocks.
+        rows = read_rows(info.features_dir, MODEL_INPUT_COLUMNS, limit=cfg.data.limit)
+        ds = prepared_dataset(
+            rows, partial(_to_input, target_frames=cfg.model.input_tdim, norm=norm)
+        )
+        return TrainingData(_passes(ds, passes, t.seed), features, norm, num_rows)
 
     def one_pass(seed: int):
         if info is not None:
             ds = ray.data.read_parquet(
-                info.features_dir, shuffle=ray.data.FileShuffleConfig(seed=seed)
+                shard_files(info.features_dir), shuffle=ray.data.FileShuffleConfig(seed=seed)
             )
         else:
             ds = stream_features(data, features)
@@ -115,17 +125,20 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
             fn_kwargs={"target_frames": cfg.model.input_tdim, "norm": norm},
         )
 
-    ds = one_pass(t.seed)
-    size_mb = (num_rows or 0) * cfg.model.input_tdim * features.num_mel_bins * 4 / 2**20
     if num_rows is not None and size_mb <= cfg.data.cache_mb:
-        # Small data: prepare it once in the object store; every pass is a reshuffled
-        # view of those blocks instead of a new read.
-        ds = ds.materialize()
+        # Mid-sized data: prepared once by Ray Data into the object store.
+        ds = _passes(one_pass(t.seed).materialize(), passes, t.seed)
+    else:
+        ds = one_pass(t.seed)
         if passes > 1:
-            ds = ds.union(*(ds.randomize_block_order(seed=t.seed + k) for k in range(1, passes)))
-    elif passes > 1:
-        ds = ds.union(*(one_pass(t.seed + k) for k in range(1, passes)))
+            ds = ds.union(*(one_pass(t.seed + k) for k in range(1, passes)))
     return TrainingData(ds, features, norm, num_rows)
+
+
+def _passes(ds, passes: int, seed: int):
+    """``passes`` reshuffled views (block order) of a materialized dataset, one stream."""
+    views = [ds.randomize_block_order(seed=seed + k) for k in range(passes)]
+    return views[0].union(*views[1:]) if passes > 1 else views[0]
 
 
 def _to_input(batch, *, target_frames: int, norm: Normalization):
