@@ -19,6 +19,7 @@ import types
 import typing
 from typing import Any
 
+from jobs.evaluation.config import BenchmarkConfig
 from jobs.finetuning.config import FinetuneConfig
 from jobs.inference.config import PredictConfig
 from jobs.kit.cli import ROOT
@@ -35,6 +36,7 @@ JOBS: tuple[tuple[str, type], ...] = (
     ("jobs/finetune.py", FinetuneConfig),
     ("jobs/tune.py", TuneJobConfig),
     ("jobs/predict.py, jobs/evaluate.py", PredictConfig),
+    ("jobs/benchmark.py", BenchmarkConfig),
 )
 """(entry points, config class) in the order of the reference."""
 

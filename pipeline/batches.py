@@ -7,6 +7,7 @@ Shapes: B batch, T target frames, F mel bins.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,13 @@ def fixed_length(
     src = (np.repeat(starts, keep) + t) * F  # offset of each kept frame in values
     out[row, t] = values[src[:, None] + np.arange(F)]  # (kept, F) gather
     return out
+
+
+def auto_target_frames(num_frames: np.ndarray, multiple: int = 16) -> int:
+    """A model length that fits a dataset: the 95th percentile of its clip lengths in
+    frames, rounded up to a multiple of ``multiple`` (the patch's time size)."""
+    p95 = float(np.percentile(np.asarray(num_frames), 95))
+    return max(multiple, int(math.ceil(p95 / multiple) * multiple))
 
 
 def to_model_input(batch: pa.Table, target_frames: int, norm: Normalization) -> np.ndarray:

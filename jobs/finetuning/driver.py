@@ -25,7 +25,7 @@ from jobs.inference.driver import PredictInput, score_dataset
 from jobs.kit.config import flatten, to_dict
 from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
 from jobs.kit.metrics import confusion_matrix, format_report, per_class_report, summary
-from jobs.kit.models import ModelFile, check_features, contract, read_model
+from jobs.kit.models import ModelFile, check_features, contract, encoder_of, read_model
 from jobs.kit.tracking import (
     default_tracking_uri,
     end_run,
@@ -37,7 +37,7 @@ from jobs.kit.training import clear_stop, load_state, raise_if_stopped, stop_mar
 from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput
 from pipeline.schema import DatasetInfo, load_dataset_info
 from pipeline.storage import absolute
-from ssast import SSAST, SSASTClassifier, load_checkpoint
+from ssast import SSASTClassifier, load_checkpoint
 from ssast.checkpoint import checkpoint_payload
 
 logger = logging.getLogger("finetune")
@@ -134,9 +134,7 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
         return SSASTClassifier(m.ssast_config(num_mel_bins), num_classes, m.pooling)
     init: ModelFile = read_model(cfg.init)
     check_features(init, info.feature_config, info.root)
-    model = init.model
-    if isinstance(model, SSASTClassifier):  # continue from a fine-tuned model's encoder
-        model = _classifier_encoder(model, cfg.init)
+    model = encoder_of(init)  # a fine-tuned classifier continues from its encoder
     logger.info(
         "init %s: %s %s, patch %s; model.size / model.geometry are ignored",
         cfg.init,
@@ -147,19 +145,6 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
     stride = m.patch_stride or model.cfg.patch_shape
     adapted = model.adapted(patch_stride=stride, input_fdim=num_mel_bins, input_tdim=m.input_tdim)
     return SSASTClassifier.from_pretrained(adapted, num_classes, m.pooling)
-
-
-def _classifier_encoder(clf: SSASTClassifier, init: str) -> SSAST:
-    """A fine-tuned classifier's encoder as a pretraining-geometry model (its positions
-    resized back is not exact, so the stride must be the patch shape)."""
-    if clf.cfg.patch_stride != clf.cfg.patch_shape:
-        raise ValueError(
-            f"{init} is a classifier with overlapping patches (stride "
-            f"{clf.cfg.patch_stride}); start from its pretrained checkpoint"
-        )
-    model = SSAST(clf.cfg.replace(num_masked=1))
-    model.encoder.load_state_dict(clf.encoder.state_dict())
-    return model
 
 
 # ----------------------------------------------------------------- the run

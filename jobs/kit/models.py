@@ -81,6 +81,23 @@ def read_model(ref: str) -> ModelFile:
     return ModelFile(ref, payload, model, features, normalization, labels)
 
 
+def encoder_of(found: ModelFile) -> SSAST:
+    """The model as a pretraining-geometry :class:`SSAST` (a fine-tuned classifier's
+    encoder with fresh pretext heads; its positions resized back would not be exact, so
+    its stride must be its patch shape)."""
+    if not isinstance(found.model, SSASTClassifier):
+        return found.model
+    clf = found.model
+    if clf.cfg.patch_stride != clf.cfg.patch_shape:
+        raise ValueError(
+            f"{found.ref} is a classifier with overlapping patches (stride "
+            f"{clf.cfg.patch_stride}); start from its pretrained checkpoint"
+        )
+    model = SSAST(clf.cfg.replace(num_masked=1))
+    model.encoder.load_state_dict(clf.encoder.state_dict())
+    return model
+
+
 def read_payload(ref: str) -> dict[str, Any]:
     """The raw checkpoint dict a reference points to."""
     if ref.startswith(MLFLOW_SCHEMES):

@@ -1,0 +1,49 @@
+"""Configuration of the evaluation suite job (jobs/benchmark.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jobs.kit.config import MlflowSection
+
+METHODS = ("baseline", "probe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkMlflowSection(MlflowSection):
+    experiment: str = "ssast-benchmark"
+    """Experiment of the parent run (one child run per task x method x encoder)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    methods: tuple[Literal["baseline", "probe"], ...] = METHODS
+    """baseline: logistic regression on pooled fbank statistics (no encoder); probe: a
+    logistic regression on frozen clip embeddings (mean of the patch tokens)."""
+    num_seeds: int = 3
+    """Runs of every stochastic method (a scratch encoder's random weights); deterministic
+    ones (the baseline, a probe on a trained encoder) run once."""
+    input_tdim: int | None = None
+    """Frames per clip given to the encoder; None (auto): each task's 95th percentile of
+    clip lengths, rounded up to the patch's time size."""
+    scratch_size: Literal["tiny", "small", "base"] = "tiny"
+    """Size of a 'scratch' encoder when no other encoder gives the architecture (with
+    another encoder, scratch is that architecture with random weights)."""
+    batch_size: int = 32
+    """Clips per encoder call."""
+    cpus_per_run: float = 1.0
+    """CPUs of each run (one Ray task per task x method x encoder x seed)."""
+    mlflow: BenchmarkMlflowSection = field(default_factory=BenchmarkMlflowSection)
+    name: str = "benchmark"
+    """Parent run name."""
+
+    def __post_init__(self) -> None:
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise ValueError(
+                f"methods must be a non-empty list of {list(METHODS)}, got {list(self.methods)}"
+            )
+        if self.num_seeds < 1:
+            raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
+        if self.input_tdim is not None and self.input_tdim < 16:
+            raise ValueError(f"input_tdim must be >= 16 frames or null, got {self.input_tdim}")

@@ -1,0 +1,281 @@
+"""Driver of the evaluation suite: featurize each task once, run every task x method x
+encoder x seed as a Ray task, aggregate mean and spread over seeds, write the table and
+log an MLflow parent run with one child per task x method x encoder.
+
+A suite is a YAML file: ``tasks: {NAME: {manifest: PATH} or {data: FEATURIZED_DIR}}``,
+paths relative to the file. Every task has ``label`` and ``split`` columns whose splits
+are ``train``, ``valid`` (model selection: the probe's L2 strength) and ``test`` (held-out
+conditions; scored once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from jobs.evaluation.config import BenchmarkConfig
+from jobs.evaluation.run import run_one
+from jobs.kit.config import flatten, to_dict
+from jobs.kit.models import encoder_of, read_model
+from jobs.kit.tracking import default_tracking_uri, end_run, start_run, ui_command
+from pipeline.features import FeatureConfig
+from pipeline.normalization import Normalization, choose_normalization
+from pipeline.schema import load_dataset_info
+from pipeline.storage import absolute, exists
+
+logger = logging.getLogger("benchmark")
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One encoder under test: a model reference, or 'scratch' (random weights)."""
+
+    name: str
+    payload: dict | None
+    """Our checkpoint format; None for scratch."""
+    features: FeatureConfig
+    normalization: Normalization | None
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    output: str
+    rows: list[dict[str, Any]]
+    """One per run: task, method, encoder, seed, valid/accuracy, test/accuracy, l2."""
+    table: str
+    mlflow_uri: str
+    mlflow_run_id: str
+
+
+def read_suite(path: str) -> dict[str, dict[str, str]]:
+    """Task name -> {"manifest": absolute path} or {"data": absolute path}."""
+    root = Path(path).resolve().parent
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    tasks = doc.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{path}: expected a mapping `tasks: {{NAME: {{manifest: PATH}}}}`")
+    out = {}
+    for name, spec in tasks.items():
+        keys = [k for k in ("manifest", "data") if isinstance(spec, dict) and k in spec]
+        if len(keys) != 1:
+            raise ValueError(f"{path}: task {name!r} needs exactly one of manifest: or data:")
+        value = spec[keys[0]]
+        out[name] = {keys[0]: value if "://" in value else str(root / value)}
+    return out
+
+
+def load_encoders(refs: list[str], cfg: BenchmarkConfig) -> list[Encoder]:
+    """Read every reference once on the driver; all must share one feature config."""
+    out = []
+    for ref in refs:
+        if ref == "scratch":
+            out.append(Encoder("scratch", None, FeatureConfig(), None))
+            continue
+        found = read_model(ref)
+        encoder_of(found)  # refuses what cannot be an encoder, before any work
+        out.append(Encoder(ref, found.payload, found.features, found.normalization))
+    trained = [e for e in out if e.payload is not None]
+    features = trained[0].features if trained else FeatureConfig()
+    for e in trained[1:]:
+        if e.features != features:
+            raise ValueError(
+                f"encoders {trained[0].name} and {e.name} were trained on other "
+                "feature settings; compare them on separate runs"
+            )
+    return [Encoder(e.name, e.payload, features, e.normalization) for e in out]
+
+
+def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str, str]:
+    """Featurized dataset directory of every task (manifests featurized once, into
+    OUTPUT/features/TASK, resumable; given datasets checked against ``features``)."""
+    from pipeline.featurize import FeaturizeConfig, featurize
+
+    out = {}
+    for name, spec in suite.items():
+        if "data" in spec:
+            info = load_dataset_info(spec["data"])
+            if info.feature_config != features:
+                from pipeline.schema import feature_diff
+
+                raise ValueError(
+                    f"task {name}: {spec['data']} was featurized with other "
+                    f"settings ({feature_diff(info.feature_config, features)})"
+                )
+            out[name] = spec["data"]
+            continue
+        target = f"{output}/features/{name}"
+        if not exists(f"{target}/dataset.json"):
+            featurize(spec["manifest"], target, FeaturizeConfig(features=features))
+        out[name] = target
+    return out
+
+
+def plan_runs(
+    datasets: dict[str, str], encoders: list[Encoder], cfg: BenchmarkConfig
+) -> list[dict[str, Any]]:
+    """Every (task, method, encoder, seed) to run; deterministic ones once."""
+    runs = []
+    for task, data in datasets.items():
+        if "baseline" in cfg.methods:
+            runs.append(
+                {"task": task, "data": data, "method": "baseline", "encoder": "-", "seed": 0}
+            )
+        if "probe" in cfg.methods:
+            for e in encoders:
+                seeds = range(cfg.num_seeds) if e.payload is None else range(1)
+                runs += [
+                    {"task": task, "data": data, "method": "probe", "encoder": e.name, "seed": s}
+                    for s in seeds
+                ]
+    return runs
+
+
+def run_benchmark(
+    refs: list[str], suite_path: str, output: str, cfg: BenchmarkConfig
+) -> BenchmarkResult:
+    """Run the suite for the encoders ``refs`` ('scratch', or any model reference)."""
+    import ray
+
+    start = time.perf_counter()
+    output = absolute(output)
+    encoders = load_encoders(refs, cfg)
+    datasets = task_datasets(read_suite(suite_path), output, encoders[0].features)
+    runs = plan_runs(datasets, encoders, cfg)
+    by_name = {e.name: e for e in encoders}
+    template = next((e.payload for e in encoders if e.payload is not None), None)
+    remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
+    refs_out = []
+    for r in runs:
+        e = by_name.get(r["encoder"])
+        norm = _normalization(e, r["data"])
+        refs_out.append(
+            remote.remote(
+                {
+                    **r,
+                    "payload": e.payload if e else None,
+                    "template": template,
+                    "scratch_size": cfg.scratch_size,
+                    "input_tdim": cfg.input_tdim,
+                    "normalization": norm,
+                    "batch_size": cfg.batch_size,
+                    "threads": max(1, int(cfg.cpus_per_run)),
+                }
+            )
+        )
+    rows = [{k: v for k, v in row.items()} for row in ray.get(refs_out)]
+    table = format_table(rows)
+    uri = cfg.mlflow.tracking_uri or default_tracking_uri()
+    run_id = _log(uri, cfg, refs, suite_path, output, rows, table)
+    _write(output, rows, table)
+    logger.info("benchmark took %.0f s", time.perf_counter() - start)
+    return BenchmarkResult(output, rows, table, uri, run_id)
+
+
+def _normalization(encoder: Encoder | None, data: str) -> Normalization:
+    stats = load_dataset_info(data).statistics
+    model = encoder.normalization if encoder is not None else None
+    return choose_normalization("model", model=model, dataset=stats) if model else stats
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(task, method, encoder) -> mean, std and n of test accuracy over seeds."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["encoder"]), []).append(r["test/accuracy"])
+    return {
+        k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+        for k, v in groups.items()
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown: one row per task, one column per method x encoder (test accuracy, mean
+    +- std over seeds (n))."""
+    stats = summarize(rows)
+    columns = sorted({(m, e) for _, m, e in stats}, key=lambda c: (c[0] != "baseline", c))
+    tasks = sorted({t for t, _, _ in stats})
+    head = ["task"] + [
+        ("baseline (pooled fbank)" if m == "baseline" else f"{m}: {e}") for m, e in columns
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in tasks:
+        cells = [t]
+        for m, e in columns:
+            s = stats.get((t, m, e))
+            cells.append(f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n']})" if s else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write(output: str, rows: list[dict], table: str) -> None:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    summary = [
+        {"task": t, "method": m, "encoder": e, **s} for (t, m, e), s in summarize(rows).items()
+    ]
+    with fs.open(f"{root}/results.json", "w") as f:
+        json.dump({"runs": rows, "summary": summary}, f, indent=2)
+    with fs.open(f"{root}/results.md", "w") as f:
+        f.write(table + "\n")
+
+
+def _log(
+    uri: str,
+    cfg: BenchmarkConfig,
+    refs: list[str],
+    suite: str,
+    output: str,
+    rows: list[dict],
+    table: str,
+) -> str:
+    """Parent run (params, the table) and one child run per task x method x encoder."""
+    import mlflow
+
+    params = flatten(to_dict(cfg)) | {"encoders": ",".join(refs), "suite": suite, "output": output}
+    parent = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{output}/{cfg.name}", params)
+    client = mlflow.MlflowClient(uri)
+    for (task, method, encoder), s in summarize(rows).items():
+        child = start_run(
+            uri,
+            cfg.mlflow.experiment,
+            f"{task}/{method}/{encoder}",
+            f"{output}/{cfg.name}/{task}/{method}/{encoder}",
+            {"task": task, "method": method, "encoder": encoder},
+            tags={"mlflow.parentRunId": parent},
+        )
+        seeds = [
+            r for r in rows if (r["task"], r["method"], r["encoder"]) == (task, method, encoder)
+        ]
+        client.log_batch(
+            child,
+            metrics=[
+                mlflow.entities.Metric("test/accuracy", r["test/accuracy"], 0, r["seed"])
+                for r in seeds
+            ]
+            + [mlflow.entities.Metric(f"test/accuracy_{k}", float(v), 0, 0) for k, v in s.items()],
+        )
+        end_run(uri, child)
+    client.log_text(parent, table + "\n", "results.md")
+    end_run(uri, parent)
+    return parent
+
+
+def describe(result: BenchmarkResult) -> str:
+    return "\n".join(
+        [
+            result.table,
+            "",
+            f"results      {result.output}/results.md, results.json",
+            f"mlflow       parent run {result.mlflow_run_id} at {result.mlflow_uri}",
+            f"open the UI  {ui_command(result.mlflow_uri)}",
+        ]
+    )

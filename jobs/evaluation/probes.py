@@ -1,0 +1,103 @@
+"""What the evaluation suite fits on top of features: the pooled-fbank baseline and the
+linear probe, one multinomial logistic regression for both.
+
+Shapes: N clips, F mel bins, D embedding width, K classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+"""L2 strengths tried; the valid split picks one (never the test split)."""
+
+
+def pooled_fbank(rows: pa.Table) -> np.ndarray:
+    """(N, 3F) mean, std and max of each mel bin over each clip's own frames (no padding):
+    the trivial baseline's features, straight from the stored ``fbank`` column."""
+    F = int(rows.column("num_mel_bins")[0].as_py())
+    frames = rows.column("num_frames").to_numpy().astype(np.int64)  # (N,)
+    fbank = rows.column("fbank").combine_chunks()
+    values = fbank.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, F)
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])  # first frame of each clip
+    total = np.add.reduceat(values, starts, axis=0)  # (N, F)
+    mean = total / frames[:, None]
+    sq = np.add.reduceat(values**2, starts, axis=0) / frames[:, None]
+    std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+    peak = np.maximum.reduceat(values, starts, axis=0)
+    return np.concatenate([mean, std, peak], axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """Standardisation, then a multinomial logistic regression: scores = z W^T + b."""
+
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    weight: np.ndarray  # (K, D)
+    bias: np.ndarray  # (K,)
+    l2: float
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N, K) logits."""
+        z = (x - self.mean) / self.scale
+        return z @ self.weight.T + self.bias
+
+
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, max_iter: int = 500
+) -> LinearProbe:
+    """Minimise mean cross-entropy + l2 / 2 * ||W||^2 (bias not penalised) over
+    standardised features, full batch with L-BFGS in float64 (deterministic).
+
+    The same optimum as scikit-learn's ``LogisticRegression(C=1 / (l2 * N))``.
+    """
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    z = torch.from_numpy((x - mean) / scale).double()  # (N, D)
+    target = torch.from_numpy(np.asarray(y, np.int64))
+    w = torch.zeros(num_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ w.T + b, target) + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return LinearProbe(mean, scale, w.detach().numpy(), b.detach().numpy(), l2)
+
+
+def select_and_fit(
+    train: tuple[np.ndarray, np.ndarray],
+    valid: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    grid: tuple[float, ...] = L2_GRID,
+) -> LinearProbe:
+    """The probe of the L2 strength with the best valid accuracy (ties: the stronger)."""
+    best, best_acc = None, -1.0
+    for l2 in sorted(grid, reverse=True):
+        probe = fit_logistic(*train, num_classes, l2)
+        acc = accuracy(probe.scores(valid[0]), valid[1])
+        if acc > best_acc:
+            best, best_acc = probe, acc
+    return best
+
+
+def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(scores.argmax(axis=1) == y)) if len(y) else float("nan")
