@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.kit.config import MlflowSection
-
 METHODS = ("baseline", "probe")
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchmarkMlflowSection(MlflowSection):
+class BenchmarkMlflowSection:
+    tracking_uri: str | None = None
+    """MLflow server or store; default: sqlite store under <project>/mlruns."""
     experiment: str = "ssast-benchmark"
     """Experiment of the parent run (one child run per task x method x encoder)."""
 
