@@ -38,3 +38,13 @@ def test_normalisation_matches_the_original_formula():
     np.testing.assert_allclose(out[3:], 1.0)  # padding 0 -> -mean / (2 std)
     with pytest.raises(ValueError, match="std"):
         Normalization(mean=0.0, std=0.0)
+
+
+def test_auto_length_is_the_95th_percentile_in_whole_patches():
+    from pipeline.batches import auto_target_frames
+
+    frames = np.arange(1, 101)  # 95th percentile: 95.05 frames
+    assert auto_target_frames(frames) == 96
+    assert auto_target_frames(frames, multiple=2) == 96
+    assert auto_target_frames(np.array([998] * 20)) == 1008  # a 10 s clip: 63 patches
+    assert auto_target_frames(np.array([3])) == 16  # at least one patch

@@ -1,0 +1,99 @@
+"""The evaluation suite job on a real local Ray with a real MLflow server."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from jobs import benchmark
+from jobs.evaluation.probes import accuracy, select_and_fit
+from jobs.evaluation.run import embed
+from jobs.kit.datasets import read_rows
+from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput, auto_target_frames
+from pipeline.schema import load_dataset_info
+from ssast import SSAST, SSASTConfig, save_checkpoint
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
+    featurized, sample_corpus, mlflow_server, tmp_path
+):
+    """Two tasks on the same clips (a featurized dataset, and its manifest featurized by
+    the job) give the same numbers; the encoder's probe is the documented computation;
+    scratch runs once per seed; MLflow has a parent and a child per task x method x
+    encoder."""
+    data, _ = featurized
+    manifest, _ = sample_corpus
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"tasks:\n  features: {{data: {data}}}\n  audio: {{manifest: {manifest}}}\n")
+    torch.manual_seed(3)
+    encoder = tmp_path / "enc.pt"
+    save_checkpoint(SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=10)), encoder)
+    out = tmp_path / "out"
+    assert (
+        benchmark.main(
+            [
+                "--encoder",
+                str(encoder),
+                "--encoder",
+                "scratch",
+                "--suite",
+                str(suite),
+                "--output",
+                str(out),
+                "num_seeds=2",
+                f"mlflow.tracking_uri={mlflow_server}",
+            ]
+        )
+        == 0
+    )
+
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    key = {(r["task"], r["method"], r["encoder"], r["seed"]): r for r in runs}
+    assert len(runs) == 2 * (1 + 1 + 2)
+    for method, enc, seed in (
+        ("baseline", "-", 0),
+        ("probe", str(encoder), 0),
+        ("probe", "scratch", 0),
+        ("probe", "scratch", 1),
+    ):
+        a, b = key[("features", method, enc, seed)], key[("audio", method, enc, seed)]
+        assert a["test/accuracy"] == pytest.approx(b["test/accuracy"]), (method, enc)
+
+    # The encoder's probe, computed here: embeddings at the auto length, L2 by valid.
+    info = load_dataset_info(data)
+    rows = read_rows(info.features_dir, [*MODEL_INPUT_COLUMNS, "label", "split"])
+    T = auto_target_frames(rows.column("num_frames").to_numpy())
+    model = SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=10))
+    model.load_state_dict(torch.load(encoder, weights_only=True)["state_dict"])
+    x = embed(model.adapted(input_tdim=T).eval(), rows, ModelInput(T, info.statistics), 8)
+    names = sorted(set(rows.column("label").to_pylist()))
+    y = np.array([names.index(v) for v in rows.column("label").to_pylist()])
+    split = np.array(rows.column("split").to_pylist())
+    probe = select_and_fit(
+        (x[split == "train"], y[split == "train"]),
+        (x[split == "valid"], y[split == "valid"]),
+        len(names),
+    )
+    got = key[("features", "probe", str(encoder), 0)]
+    assert got["input_tdim"] == T and got["l2"] == probe.l2
+    assert got["test/accuracy"] == pytest.approx(
+        accuracy(probe.scores(x[split == "test"]), y[split == "test"])
+    )
+
+    table = (out / "results.md").read_text()
+    assert "baseline (pooled fbank)" in table and "probe: scratch" in table and "(2)" in table
+    client = mlflow.MlflowClient(mlflow_server)
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("ssast-benchmark").experiment_id],
+        "attributes.run_name = 'benchmark'",
+    )
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert parent.info.status == "FINISHED" and len(children) == 2 * 3
+    scratch = [c for c in children if c.info.run_name == "features/probe/scratch"][0]
+    assert len(client.get_metric_history(scratch.info.run_id, "test/accuracy")) == 2
