@@ -110,6 +110,24 @@ class TrainSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalSection:
+    every_steps: int = 0
+    """Run the linear probe on every checkpoint whose step is a multiple of this (0: off).
+    Use a multiple of train.checkpoint_every."""
+    data: str | None = None
+    """A labelled featurized dataset (label column; train / valid / test splits) to probe
+    on, made with the pretraining data's feature settings."""
+    task: str | None = None
+    """Name in the metric keys probe/<task>/accuracy; default: the dataset folder's name."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        if self.every_steps and not self.data:
+            raise ValueError("eval.every_steps needs eval.data (a labelled featurized dataset)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -117,6 +135,7 @@ class PretrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     mlflow: MlflowSection = field(default_factory=MlflowSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     features: FeatureConfig | None = None
     """How raw audio is featurized when --data is a manifest (None: the SSAST defaults).
     With a featurized dataset, None takes the dataset's settings and a value must equal

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,7 @@ from jobs.kit.config import flatten, to_dict
 from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
 from jobs.kit.models import contract
 from jobs.kit.tracking import (
+    Tracker,
     default_tracking_uri,
     end_run,
     register_encoder,
@@ -26,6 +28,7 @@ from jobs.kit.tracking import (
 )
 from jobs.kit.training import clear_stop, load_state, raise_if_stopped, stop_marker
 from jobs.pretraining.config import PretrainConfig
+from jobs.pretraining.probe import CheckpointProbe
 from jobs.pretraining.worker import train_loop_per_worker
 from pipeline.batches import MODEL_INPUT_COLUMNS, to_model_input
 from pipeline.features import FeatureConfig
@@ -189,7 +192,20 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
         ),
         datasets={"train": plan.ds},
     )
-    result = trainer.fit()
+    probe = nullcontext()
+    if cfg.eval.every_steps:
+        probe = CheckpointProbe(
+            cfg.eval.data,
+            cfg.eval.task,
+            cfg.eval.every_steps,
+            storage,
+            cfg.name,
+            plan.features,
+            plan.normalization,
+            Tracker(uri, run_id),
+        )
+    with probe:
+        result = trainer.fit()
     try:
         raise_if_stopped(marker, result)
     except Exception:

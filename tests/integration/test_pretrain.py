@@ -74,7 +74,8 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
     storage = str(tmp_path / "run")
     # 4 clips, 2 per worker per step: every step sees the whole (tiny) data set.
     overfit = ["scaling.num_workers=2", "data.limit=4", "train.batch_size=2", "optim.lr=1e-3"]
-    cfg = pretrain_config(mlflow_server, overfit + ["train.max_steps=30"])
+    probe = ["eval.every_steps=10", f"eval.data={data}", "eval.task=sample"]
+    cfg = pretrain_config(mlflow_server, overfit + probe + ["train.max_steps=30"])
     result = run(data, storage, cfg)
     assert result.steps == 30
 
@@ -105,9 +106,16 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
     assert model.cfg.input_tdim == 256
 
     # A second invocation with the same name continues from the last checkpoint.
-    cfg2 = pretrain_config(mlflow_server, overfit + ["train.max_steps=40"])
+    # The probe ran on every 10th step's checkpoint, beside the workers.
+    curve = client.get_metric_history(result.mlflow_run_id, "probe/sample/accuracy")
+    assert sorted(m.step for m in curve) == [10, 20, 30]
+    assert all(0 <= m.value <= 1 for m in curve)
+
+    cfg2 = pretrain_config(mlflow_server, overfit + probe + ["train.max_steps=40"])
     again = run(data, storage, cfg2)
     assert again.steps == 40
+    curve = client.get_metric_history(again.mlflow_run_id, "probe/sample/accuracy")
+    assert [m.step for m in curve] == [40]  # the earlier checkpoints are not probed again
     assert adam_steps(storage, 40) == 40  # optimizer state restored, not restarted
     steps = [m.step for m in client.get_metric_history(again.mlflow_run_id, "train/loss")]
     assert steps == [35, 40]
