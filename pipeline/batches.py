@@ -78,6 +78,3 @@ class ModelInput:
         if self.labels is not None:
             out["target"] = self.labels.encode(batch.column(self.labels.column).to_pylist())
         return out
-
-    def unlabelled(self) -> ModelInput:
-        return ModelInput(self.target_frames, self.normalization)

@@ -35,8 +35,6 @@ class Normalization:
 
     mean: float
     std: float
-    source: str = "dataset"
-    """Where the numbers come from: dataset, model or a preset name (for logs and MLflow)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mean) and math.isfinite(self.std)):
@@ -56,13 +54,13 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalization:
-        return cls(float(d["mean"]), float(d["std"]), str(d.get("source", "model")))
+        return cls(float(d["mean"]), float(d["std"]))
 
     @classmethod
     def preset(cls, name: str) -> Normalization:
         if name not in PRESETS:
             raise ValueError(f"unknown normalization preset {name!r}; one of {sorted(PRESETS)}")
-        return cls(*PRESETS[name], source=name)
+        return cls(*PRESETS[name])
 
 
 def check_choice(choice: str, key: str = "normalization") -> None:

@@ -92,7 +92,7 @@ class DatasetInfo:
     @property
     def statistics(self) -> Normalization:
         """The dataset's own normalisation (mean and std of its log-mel values)."""
-        return Normalization(self.mean, self.std, "dataset")
+        return Normalization(self.mean, self.std)
 
     @property
     def features_dir(self) -> str:

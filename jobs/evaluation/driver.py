@@ -21,13 +21,15 @@ import numpy as np
 import yaml
 
 from jobs.evaluation.config import BenchmarkConfig
+from jobs.evaluation.probes import LabelledSet
 from jobs.evaluation.run import run_one
 from jobs.kit.config import flatten, to_dict
 from jobs.kit.models import encoder_of, read_model
 from jobs.kit.tracking import default_tracking_uri, end_run, start_run, ui_command
+from pipeline.batches import auto_target_frames
 from pipeline.features import FeatureConfig
-from pipeline.normalization import Normalization, choose_normalization
-from pipeline.schema import load_dataset_info
+from pipeline.normalization import Normalization
+from pipeline.schema import feature_diff, load_dataset_info
 from pipeline.storage import absolute, exists
 
 logger = logging.getLogger("benchmark")
@@ -79,7 +81,7 @@ def load_encoders(refs: list[str], cfg: BenchmarkConfig) -> list[Encoder]:
             out.append(Encoder("scratch", None, FeatureConfig(), None))
             continue
         found = read_model(ref)
-        encoder_of(found)  # refuses what cannot be an encoder, before any work
+        encoder_of(found.model, ref)  # refuses what cannot be an encoder, before any work
         out.append(Encoder(ref, found.payload, found.features, found.normalization))
     trained = [e for e in out if e.payload is not None]
     features = trained[0].features if trained else FeatureConfig()
@@ -102,8 +104,6 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
         if "data" in spec:
             info = load_dataset_info(spec["data"])
             if info.feature_config != features:
-                from pipeline.schema import feature_diff
-
                 raise ValueError(
                     f"task {name}: {spec['data']} was featurized with other "
                     f"settings ({feature_diff(info.feature_config, features)})"
@@ -118,22 +118,16 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
 
 
 def plan_runs(
-    datasets: dict[str, str], encoders: list[Encoder], cfg: BenchmarkConfig
+    tasks: list[str], encoders: list[Encoder], cfg: BenchmarkConfig
 ) -> list[dict[str, Any]]:
     """Every (task, method, encoder, seed) to run; deterministic ones once."""
     runs = []
-    for task, data in datasets.items():
+    for task in tasks:
         if "baseline" in cfg.methods:
-            runs.append(
-                {"task": task, "data": data, "method": "baseline", "encoder": "-", "seed": 0}
-            )
-        if "probe" in cfg.methods:
-            for e in encoders:
-                seeds = range(cfg.num_seeds) if e.payload is None else range(1)
-                runs += [
-                    {"task": task, "data": data, "method": "probe", "encoder": e.name, "seed": s}
-                    for s in seeds
-                ]
+            runs.append({"task": task, "method": "baseline", "encoder": "-", "seed": 0})
+        for e in encoders if "probe" in cfg.methods else []:
+            seeds = range(cfg.num_seeds) if e.payload is None else range(1)
+            runs += [{"task": task, "method": "probe", "encoder": e.name, "seed": s} for s in seeds]
     return runs
 
 
@@ -147,41 +141,38 @@ def run_benchmark(
     output = absolute(output)
     encoders = load_encoders(refs, cfg)
     datasets = task_datasets(read_suite(suite_path), output, encoders[0].features)
-    runs = plan_runs(datasets, encoders, cfg)
+    runs = plan_runs(list(datasets), encoders, cfg)
+    # Each task's rows and each encoder are put in the object store once, not per run.
+    sets = {task: LabelledSet.read(data) for task, data in datasets.items()}
+    set_refs = {task: ray.put(d) for task, d in sets.items()}
+    lengths = {
+        task: cfg.input_tdim or auto_target_frames(d.rows.column("num_frames").to_numpy())
+        for task, d in sets.items()
+    }
+    payloads = {e.name: ray.put(e.payload) if e.payload is not None else None for e in encoders}
     by_name = {e.name: e for e in encoders}
-    template = next((e.payload for e in encoders if e.payload is not None), None)
+    template = next((payloads[e.name] for e in encoders if e.payload is not None), None)
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
-    refs_out = []
+    pending = []
     for r in runs:
-        e = by_name.get(r["encoder"])
-        norm = _normalization(e, r["data"])
-        refs_out.append(
-            remote.remote(
-                {
-                    **r,
-                    "payload": e.payload if e else None,
-                    "template": template,
-                    "scratch_size": cfg.scratch_size,
-                    "input_tdim": cfg.input_tdim,
-                    "normalization": norm,
-                    "batch_size": cfg.batch_size,
-                    "threads": max(1, int(cfg.cpus_per_run)),
-                }
-            )
-        )
-    rows = [{k: v for k, v in row.items()} for row in ray.get(refs_out)]
+        e, task = by_name.get(r["encoder"]), r["task"]
+        spec = {
+            **r,
+            "input_tdim": lengths[task],
+            "scratch_size": cfg.scratch_size,
+            "batch_size": cfg.batch_size,
+            "threads": max(1, int(cfg.cpus_per_run)),
+            # An encoder's own statistics; scratch (none) takes the task's.
+            "normalization": (e.normalization if e and e.normalization else sets[task].statistics),
+        }
+        pending.append(remote.remote(spec, set_refs[task], payloads.get(r["encoder"]), template))
+    rows = ray.get(pending)
     table = format_table(rows)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     run_id = _log(uri, cfg, refs, suite_path, output, rows, table)
     _write(output, rows, table)
     logger.info("benchmark took %.0f s", time.perf_counter() - start)
     return BenchmarkResult(output, rows, table, uri, run_id)
-
-
-def _normalization(encoder: Encoder | None, data: str) -> Normalization:
-    stats = load_dataset_info(data).statistics
-    model = encoder.normalization if encoder is not None else None
-    return choose_normalization("model", model=model, dataset=stats) if model else stats
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:

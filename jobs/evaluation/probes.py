@@ -12,6 +12,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from jobs.kit.datasets import read_rows
+from pipeline.batches import MODEL_INPUT_COLUMNS
+from pipeline.labels import class_names
+from pipeline.normalization import Normalization
+from pipeline.schema import load_dataset_info
+
+SPLITS = ("train", "valid", "test")
+
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 """L2 strengths tried; the valid split picks one (never the test split)."""
 
@@ -101,3 +109,45 @@ def select_and_fit(
 
 def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(scores.argmax(axis=1) == y)) if len(y) else float("nan")
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """A labelled featurized dataset in memory, as every probe reads it: its feature rows,
+    each row's class index and split (train: fit, valid: pick L2, test: score)."""
+
+    rows: pa.Table
+    y: np.ndarray  # (N,) class index
+    split: np.ndarray  # (N,) split name
+    num_classes: int
+    num_mel_bins: int
+    statistics: Normalization
+
+    @classmethod
+    def read(cls, data: str) -> LabelledSet:
+        """Read ``data`` (label and split columns). ValueError when a split is missing."""
+        info = load_dataset_info(data)
+        rows = read_rows(info.features_dir, [*MODEL_INPUT_COLUMNS, "label", "split"])
+        labels = rows.column("label").to_pylist()
+        index = {n: k for k, n in enumerate(class_names(labels, False, ","))}
+        split = np.array(rows.column("split").to_pylist())
+        for name in SPLITS:
+            if not (split == name).any():
+                raise ValueError(f"{data} has no rows with split == {name!r}")
+        return cls(
+            rows,
+            np.array([index[v] for v in labels]),
+            split,
+            len(index),
+            info.feature_config.num_mel_bins,
+            info.statistics,
+        )
+
+    def fit(self, x: np.ndarray) -> dict[str, float]:
+        """Probe features ``x`` (N, D) of these rows: {valid/accuracy, test/accuracy, l2}."""
+        part = {s: (x[self.split == s], self.y[self.split == s]) for s in SPLITS}
+        probe = select_and_fit(part["train"], part["valid"], self.num_classes)
+        return {
+            f"{s}/accuracy": accuracy(probe.scores(part[s][0]), part[s][1])
+            for s in ("valid", "test")
+        } | {"l2": probe.l2}

@@ -8,61 +8,44 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.evaluation.probes import accuracy, pooled_fbank, select_and_fit
-from jobs.kit.datasets import read_rows
-from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput, auto_target_frames
-from pipeline.labels import class_names
-from pipeline.schema import load_dataset_info
-
-SPLITS = ("train", "valid", "test")
+from jobs.evaluation.probes import LabelledSet, pooled_fbank
+from jobs.kit.models import encoder_of
+from pipeline.batches import ModelInput
 
 
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """``spec``: task, data (featurized dir), method, encoder, seed, payload (None for
-    scratch), template (a payload giving scratch its architecture, or None),
-    scratch_size, input_tdim (None: auto), normalization, batch_size, threads."""
+def run_one(
+    spec: dict[str, Any], data: LabelledSet, payload: dict | None, template: dict | None
+) -> dict[str, Any]:
+    """``spec``: task, method, encoder, seed, input_tdim, scratch_size, normalization,
+    batch_size, threads. ``payload``: the encoder's checkpoint (None: scratch, with the
+    architecture of ``template``, another encoder's checkpoint, or of scratch_size)."""
     torch.set_num_threads(spec["threads"])
-    info = load_dataset_info(spec["data"])
-    rows = read_rows(info.features_dir, [*MODEL_INPUT_COLUMNS, "label", "split"])
-    names = class_names(rows.column("label").to_pylist(), False, ",")
-    index = {n: k for k, n in enumerate(names)}
-    y = np.array([index[v] for v in rows.column("label").to_pylist()])
-    split = np.array(rows.column("split").to_pylist())
-    T = spec["input_tdim"] or auto_target_frames(rows.column("num_frames").to_numpy())
     if spec["method"] == "baseline":
-        x = pooled_fbank(rows)
+        x = pooled_fbank(data.rows)
     else:
-        model = _encoder(spec, T, info.feature_config.num_mel_bins)
-        x = embed(model, rows, ModelInput(T, spec["normalization"]), spec["batch_size"])
-    parts = {s: (x[split == s], y[split == s]) for s in SPLITS}
-    for s in ("train", "valid", "test"):
-        if len(parts[s][1]) == 0:
-            raise ValueError(f"task {spec['task']}: {spec['data']} has no {s!r} rows")
-    probe = select_and_fit(parts["train"], parts["valid"], len(names))
-    out = {k: spec[k] for k in ("task", "method", "encoder", "seed")}
-    return out | {
-        "valid/accuracy": accuracy(probe.scores(parts["valid"][0]), parts["valid"][1]),
-        "test/accuracy": accuracy(probe.scores(parts["test"][0]), parts["test"][1]),
-        "l2": probe.l2,
-        "input_tdim": T,
-        "num_classes": len(names),
-    }
+        model = _encoder(spec, payload, template, data.num_mel_bins)
+        x = embed(
+            model,
+            data.rows,
+            ModelInput(spec["input_tdim"], spec["normalization"]),
+            spec["batch_size"],
+        )
+    out = {k: spec[k] for k in ("task", "method", "encoder", "seed", "input_tdim")}
+    return out | data.fit(x) | {"num_classes": data.num_classes}
 
 
-def _encoder(spec: dict, T: int, F: int):
+def _encoder(spec: dict, payload: dict | None, template: dict | None, F: int):
     """The frozen encoder at the task's length: a trained one adapted (positions cropped
     or resized as the original does), or random weights seeded by the run's seed."""
     from ssast import SSAST, SSASTConfig, load_checkpoint
 
-    if spec["payload"] is not None:
-        from jobs.kit.models import ModelFile, encoder_of
-
-        model = load_checkpoint(spec["payload"])
-        base = encoder_of(ModelFile("encoder", spec["payload"], model, None, None, None))
+    T = spec["input_tdim"]
+    if payload is not None:
+        base = encoder_of(load_checkpoint(payload), spec["encoder"])
         return base.adapted(input_tdim=T, input_fdim=F).eval()
     torch.manual_seed(spec["seed"])
-    if spec["template"] is not None:
-        cfg = load_checkpoint(spec["template"]).cfg
+    if template is not None:
+        cfg = load_checkpoint(template).cfg
         cfg = cfg.replace(input_tdim=T, input_fdim=F, patch_stride=cfg.patch_shape, num_masked=1)
     else:
         cfg = SSASTConfig(size=spec["scratch_size"], input_tdim=T, input_fdim=F, num_masked=1)

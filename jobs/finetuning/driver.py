@@ -23,7 +23,13 @@ from jobs.finetuning.worker import predict_batches, train_loop_per_worker
 from jobs.inference.config import PredictConfig
 from jobs.inference.driver import PredictInput, score_dataset
 from jobs.kit.config import flatten, to_dict
-from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
+from jobs.kit.datasets import (
+    DRIVER_PREPARE_MB,
+    input_mb,
+    prepared_dataset,
+    read_rows,
+    shard_files,
+)
 from jobs.kit.metrics import confusion_matrix, format_report, per_class_report, summary
 from jobs.kit.models import ModelFile, check_features, contract, encoder_of, read_model
 from jobs.kit.tracking import (
@@ -82,7 +88,7 @@ def split_dataset(
 ):
     """Ray Dataset of {"fbank", "target"} rows of one split: prepared in this process when
     small, by Ray Data into the object store up to data.cache_mb, else streamed."""
-    size_mb = num_rows * spec.target_frames * info.feature_config.num_mel_bins * 4 / 2**20
+    size_mb = input_mb(num_rows, spec.target_frames, info.feature_config.num_mel_bins)
     if size_mb <= DRIVER_PREPARE_MB:
         return prepared_dataset(split_rows(info, cfg, split), spec.prepare)
     ds = raw_split(info, cfg, split).map_batches(
@@ -134,7 +140,7 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
         return SSASTClassifier(m.ssast_config(num_mel_bins), num_classes, m.pooling)
     init: ModelFile = read_model(cfg.init)
     check_features(init, info.feature_config, info.root)
-    model = encoder_of(init)  # a fine-tuned classifier continues from its encoder
+    model = encoder_of(init.model, init.ref)  # a fine-tuned classifier continues from its encoder
     logger.info(
         "init %s: %s %s, patch %s; model.size / model.geometry are ignored",
         cfg.init,
@@ -280,14 +286,8 @@ def _score_final(
     )
     for split in splits:
         name = "valid" if split == d.valid_split else "test"
-        size_mb = (
-            task.rows[split]
-            * spec.target_frames
-            * prepared.info.feature_config.num_mel_bins
-            * 4
-            / 2**20
-        )
-        if size_mb <= DRIVER_PREPARE_MB:
+        F = prepared.info.feature_config.num_mel_bins
+        if input_mb(task.rows[split], spec.target_frames, F) <= DRIVER_PREPARE_MB:
             reports[name] = _score_here(
                 payload, split_rows(prepared.info, cfg, split), spec, cfg.train.eval_batch_size
             )

@@ -24,6 +24,11 @@ ROWS_PER_BLOCK = 16
 to reshuffle between passes."""
 
 
+def input_mb(num_rows: int, frames: int, mel_bins: int) -> float:
+    """Size of ``num_rows`` clips as float32 model input (frames x mel bins), in MB."""
+    return num_rows * frames * mel_bins * 4 / 2**20
+
+
 def shard_files(features_dir: str) -> list[str]:
     """The committed Parquet shards of a features directory (not leftover temp files),
     as URIs Ray Data and pyarrow both read."""

@@ -75,22 +75,22 @@ def read_model(ref: str) -> ModelFile:
     task = payload.get("task") or {}
     stats = payload.get("normalization") or task.get("normalization")  # older model.pt
     if isinstance(stats, list | tuple):
-        stats = {"mean": stats[0], "std": stats[1], "source": "model"}
-    normalization = Normalization.from_dict({**stats, "source": "model"}) if stats else None
+        stats = {"mean": stats[0], "std": stats[1]}
+    normalization = Normalization.from_dict(stats) if stats else None
     labels = LabelSet.from_dict(task) if task.get("class_names") else None
     return ModelFile(ref, payload, model, features, normalization, labels)
 
 
-def encoder_of(found: ModelFile) -> SSAST:
+def encoder_of(model: SSAST | SSASTClassifier, ref: str) -> SSAST:
     """The model as a pretraining-geometry :class:`SSAST` (a fine-tuned classifier's
     encoder with fresh pretext heads; its positions resized back would not be exact, so
-    its stride must be its patch shape)."""
-    if not isinstance(found.model, SSASTClassifier):
-        return found.model
-    clf = found.model
+    its stride must be its patch shape). ``ref`` names it in errors."""
+    if not isinstance(model, SSASTClassifier):
+        return model
+    clf = model
     if clf.cfg.patch_stride != clf.cfg.patch_shape:
         raise ValueError(
-            f"{found.ref} is a classifier with overlapping patches (stride "
+            f"{ref} is a classifier with overlapping patches (stride "
             f"{clf.cfg.patch_stride}); start from its pretrained checkpoint"
         )
     model = SSAST(clf.cfg.replace(num_masked=1))

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from jobs.kit.config import flatten, to_dict
-from jobs.kit.datasets import DRIVER_PREPARE_MB, prepared_dataset, read_rows, shard_files
+from jobs.kit.datasets import DRIVER_PREPARE_MB, input_mb, prepared_dataset, read_rows, shard_files
 from jobs.kit.models import contract
 from jobs.kit.tracking import (
     Tracker,
@@ -102,7 +102,7 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     norm = choose_normalization(cfg.data.normalization, dataset=stats)
     t = cfg.train
     passes = passes_needed(cfg, num_rows)
-    size_mb = (num_rows or 0) * cfg.model.input_tdim * features.num_mel_bins * 4 / 2**20
+    size_mb = input_mb(num_rows or 0, cfg.model.input_tdim, features.num_mel_bins)
     if info is not None and size_mb <= DRIVER_PREPARE_MB:
         # Small data: prepared here once, every pass a reshuffled view of its blocks.
         rows = read_rows(info.features_dir, MODEL_INPUT_COLUMNS, limit=cfg.data.limit)

@@ -16,16 +16,13 @@ import time
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import torch
 
-from jobs.evaluation.probes import accuracy, select_and_fit
+from jobs.evaluation.probes import LabelledSet
 from jobs.evaluation.run import embed
-from jobs.kit.datasets import read_rows
 from jobs.kit.tracking import Tracker
-from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput, auto_target_frames
+from pipeline.batches import ModelInput, auto_target_frames
 from pipeline.features import FeatureConfig
-from pipeline.labels import class_names
 from pipeline.normalization import Normalization
 from pipeline.schema import feature_diff, load_dataset_info
 
@@ -53,15 +50,9 @@ class CheckpointProbe:
                 f"eval.data {data} was featurized with other settings than the "
                 f"pretraining data ({feature_diff(info.feature_config, features)})"
             )
-        self.rows = read_rows(info.features_dir, [*MODEL_INPUT_COLUMNS, "label", "split"])
-        names = class_names(self.rows.column("label").to_pylist(), False, ",")
-        self.y = np.array([names.index(v) for v in self.rows.column("label").to_pylist()])
-        self.split = np.array(self.rows.column("split").to_pylist())
-        for s in ("train", "valid", "test"):
-            if not (self.split == s).any():
-                raise ValueError(f"eval.data {data} has no {s!r} rows")
-        self.num_classes = len(names)
-        self.spec = ModelInput(auto_target_frames(self.rows.column("num_frames").to_numpy()), norm)
+        self.data = LabelledSet.read(data)
+        frames = self.data.rows.column("num_frames").to_numpy()
+        self.spec = ModelInput(auto_target_frames(frames), norm)
         self.task = task or Path(data.rstrip("/")).name
         self.every, self.tracker = every_steps, tracker
         self.root = f"{storage}/{name}"
@@ -83,18 +74,10 @@ class CheckpointProbe:
         from ssast import load_checkpoint
 
         model = load_checkpoint(state).adapted(input_tdim=self.spec.target_frames).eval()
-        x = embed(model, self.rows, self.spec, 32)
-        part = {
-            s: (x[self.split == s], self.y[self.split == s]) for s in ("train", "valid", "test")
-        }
-        fitted = select_and_fit(part["train"], part["valid"], self.num_classes)
+        fitted = self.data.fit(embed(model, self.data.rows, self.spec, 32))
         return {
-            f"probe/{self.task}/accuracy": accuracy(
-                fitted.scores(part["test"][0]), part["test"][1]
-            ),
-            f"probe/{self.task}/valid_accuracy": accuracy(
-                fitted.scores(part["valid"][0]), part["valid"][1]
-            ),
+            f"probe/{self.task}/accuracy": fitted["test/accuracy"],
+            f"probe/{self.task}/valid_accuracy": fitted["valid/accuracy"],
         }
 
     def _watch(self) -> None:

@@ -65,7 +65,7 @@ def test_tune_capacity_counts_trial_drivers_and_workers():
 
 # --------------------------------------------------------- normalisation
 def test_one_normalisation_rule_with_warned_fallbacks(caplog):
-    model, data = Normalization(-5.0, 3.0, "model"), Normalization(-6.0, 4.0)
+    model, data = Normalization(-5.0, 3.0), Normalization(-6.0, 4.0)
     assert choose_normalization("model", model=model, dataset=data) is model
     assert choose_normalization("dataset", model=model, dataset=data) is data
     assert choose_normalization("esc50", model=model, dataset=data).mean == PRESETS["esc50"][0]
