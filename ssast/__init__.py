@@ -3,6 +3,7 @@
 Pure PyTorch + timm. Never imports ray, pipeline or jobs.
 """
 
+from ssast.adapters import AdapterConfig, adapter_parameter_names, add_adapters, merge_lora
 from ssast.checkpoint import (
     load_checkpoint,
     load_original_checkpoint,
@@ -16,15 +17,19 @@ from ssast.model import SSAST
 from ssast.original import classifier_to_original_state_dict
 
 __all__ = [
+    "AdapterConfig",
     "GEOMETRIES",
     "SIZES",
     "SSAST",
     "SSASTClassifier",
     "SSASTConfig",
+    "adapter_parameter_names",
+    "add_adapters",
     "classifier_to_original_state_dict",
     "load_checkpoint",
     "load_original_checkpoint",
     "load_original_classifier",
+    "merge_lora",
     "sample_cluster_mask",
     "sample_random_mask",
     "save_checkpoint",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ssast.adapters import AdapterConfig
 from ssast.classifier import SSASTClassifier
 from ssast.config import SIZES, SSASTConfig
 from ssast.model import SSAST
@@ -184,6 +185,8 @@ def checkpoint_payload(
     }
     if isinstance(model, SSASTClassifier):
         payload.update(num_classes=model.num_classes, pooling=model.pooling)
+        if model.adapter.kind != "none":  # absent means none: plain payloads stay as before
+            payload["adapter"] = model.adapter.to_dict()
     payload.update(extra or {})
     return payload
 
@@ -202,8 +205,9 @@ def load_checkpoint(
         )
     cfg = SSASTConfig.from_dict(payload["config"])
     if payload["kind"] == "classifier":
+        adapter = AdapterConfig.from_dict(payload.get("adapter", {}))
         model: SSAST | SSASTClassifier = SSASTClassifier(
-            cfg, payload["num_classes"], payload["pooling"]
+            cfg, payload["num_classes"], payload["pooling"], adapter
         )
     else:
         model = SSAST(cfg)

@@ -49,7 +49,17 @@ def to_original_state_dict(model: SSAST, include_timm_heads: bool = True) -> dic
 
 
 def classifier_to_original_state_dict(model: SSASTClassifier) -> dict[str, torch.Tensor]:
-    """A fine-tuned classifier in the original fine-tuning layout (``mlp_head``)."""
+    """A fine-tuned classifier in the original fine-tuning layout (``mlp_head``).
+
+    Raises:
+        ValueError: the classifier has adapters (the original has no place for them; fold
+            LoRA in first with ``model.merge_lora()``; a bottleneck cannot be folded).
+    """
+    if model.adapter.kind != "none":
+        raise ValueError(
+            f"a classifier with a {model.adapter.kind} adapter has no original layout"
+            + ("; call model.merge_lora() first" if model.adapter.kind == "lora" else "")
+        )
     out = _encoder_to_original(model, include_timm_heads=True)
     out.update({"mlp_head." + k: v for k, v in model.head.state_dict().items()})
     return {PREFIX + k: v.detach().clone() for k, v in out.items()}

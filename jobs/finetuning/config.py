@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.kit.config import MlflowSection, OptimSection, ScalingSection
+from jobs.kit.config import MlflowSection, OptimSection, ScalingSection, check_length
 from pipeline.normalization import check_choice
-from ssast import GEOMETRIES, SSASTConfig
+from ssast import GEOMETRIES, AdapterConfig, SSASTConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,10 +23,29 @@ class FtModelSection:
     patch_stride: tuple[int, int] | None = None
     """(freq, time) stride; smaller than the patch shape overlaps patches (the paper's
     patch recipes: (10, 10)). None: the patch shape (no overlap)."""
-    input_tdim: int = 1024
-    """Target length in frames: clips are zero-padded at the end or cut to it."""
+    input_tdim: int | Literal["auto"] = 1024
+    """Target length in frames: clips are zero-padded at the end or cut to it; auto: the
+    95th percentile of the training split's clip lengths rounded up to 16 frames
+    (logged)."""
     pooling: Literal["mean", "cls"] = "mean"
     """Mean of the patch tokens (SSAST's ft_avgtok) or of the cls/dist outputs."""
+    adapter: Literal["none", "lora", "bottleneck"] = "none"
+    """Parameter-efficient fine-tuning: freeze the encoder and train the head plus LoRA
+    on every block's attention projections (qkv, proj) or a bottleneck adapter after
+    every block's MLP (ssast/adapters.py). none: train the whole encoder."""
+    adapter_rank: int = 8
+    """Rank r of the LoRA update or width of the bottleneck."""
+
+    def __post_init__(self) -> None:
+        if self.input_tdim != "auto":
+            check_length(self.input_tdim)
+        self.adapter_config()  # validates adapter_rank
+
+    def adapter_config(self) -> AdapterConfig:
+        try:
+            return AdapterConfig(kind=self.adapter, rank=self.adapter_rank)
+        except ValueError as err:
+            raise ValueError(f"model.adapter / model.adapter_rank: {err}") from None
 
     def ssast_config(self, input_fdim: int = 128) -> SSASTConfig:
         shape = GEOMETRIES[self.geometry]
@@ -35,7 +54,7 @@ class FtModelSection:
             patch_shape=shape,
             patch_stride=self.patch_stride or shape,
             input_fdim=input_fdim,
-            input_tdim=self.input_tdim,
+            input_tdim=check_length(self.input_tdim),
             num_masked=1,
         )
 

@@ -22,9 +22,10 @@ from jobs.finetuning.task import Task, read_task
 from jobs.finetuning.worker import predict_batches, train_loop_per_worker
 from jobs.inference.config import PredictConfig
 from jobs.inference.driver import PredictInput, score_dataset
-from jobs.kit.config import flatten, to_dict
+from jobs.kit.config import flatten, to_dict, with_length
 from jobs.kit.datasets import (
     DRIVER_PREPARE_MB,
+    auto_length,
     input_mb,
     prepared_dataset,
     read_rows,
@@ -110,14 +111,18 @@ class PreparedData:
 
 
 def prepare_data(data: str, cfg: FinetuneConfig) -> PreparedData:
-    """Read the task and prepare the train / valid splits for ``cfg.model.input_tdim``."""
+    """Read the task and prepare the train / valid splits for ``cfg.model.input_tdim``
+    (auto: measured on the training split)."""
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     info = load_dataset_info(data)
     task = read_task(info, cfg)
-    spec = ModelInput(cfg.model.input_tdim, task.normalization, task.labels)
     d = cfg.data
+    length = cfg.model.input_tdim
+    if length == "auto":
+        length = auto_length(info.features_dir, (d.split_column, d.train_split))
+    spec = ModelInput(length, task.normalization, task.labels)
     datasets = {
         name: split_dataset(info, cfg, split, spec, task.rows[split])
         for name, split in (("train", d.train_split), ("valid", d.valid_split))
@@ -137,7 +142,9 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
     m, num_mel_bins = cfg.model, info.feature_config.num_mel_bins
     torch.manual_seed(cfg.train.seed)
     if cfg.init == "scratch":
-        return SSASTClassifier(m.ssast_config(num_mel_bins), num_classes, m.pooling)
+        return SSASTClassifier(
+            m.ssast_config(num_mel_bins), num_classes, m.pooling, m.adapter_config()
+        )
     init: ModelFile = read_model(cfg.init)
     check_features(init, info.feature_config, info.root)
     model = encoder_of(init.model, init.ref)  # a fine-tuned classifier continues from its encoder
@@ -150,7 +157,7 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
     )
     stride = m.patch_stride or model.cfg.patch_shape
     adapted = model.adapted(patch_stride=stride, input_fdim=num_mel_bins, input_tdim=m.input_tdim)
-    return SSASTClassifier.from_pretrained(adapted, num_classes, m.pooling)
+    return SSASTClassifier.from_pretrained(adapted, num_classes, m.pooling, m.adapter_config())
 
 
 # ----------------------------------------------------------------- the run
@@ -182,6 +189,8 @@ def run_finetuning(
     output = absolute(output)
     prepared = prepared or prepare_data(data, cfg)
     info, task = prepared.info, prepared.task
+    if cfg.model.input_tdim == "auto":
+        cfg = with_length(cfg, prepared.spec.target_frames)
     if prepared.spec.target_frames != cfg.model.input_tdim:
         raise ValueError(
             f"prepared data has {prepared.spec.target_frames} frames, the config "

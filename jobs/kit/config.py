@@ -132,6 +132,23 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     return value
 
 
+def check_length(value: int | str) -> int:
+    """``model.input_tdim`` as frames (>= 16). 'auto' is resolved from the data by the
+    driver (:func:`jobs.kit.datasets.auto_length`) before the model is built."""
+    if value == "auto":
+        raise ValueError("model.input_tdim=auto must be resolved from the data first")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 16:
+        raise ValueError(
+            f"model.input_tdim must be 'auto' or a number of frames >= 16, got {value!r}"
+        )
+    return value
+
+
+def with_length(cfg: T, length: int) -> T:
+    """``cfg`` with ``model.input_tdim`` set to ``length``."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_tdim=length))
+
+
 # ------------------------------------------------------------ shared sections
 @dataclass(frozen=True, kw_only=True)
 class ScalingSection:

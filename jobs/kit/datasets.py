@@ -9,6 +9,7 @@ through Ray Data as before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import fsspec
@@ -16,6 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipeline.batches import auto_target_frames
+
+logger = logging.getLogger("datasets")
 
 DRIVER_PREPARE_MB = 256
 """Model input (float32) up to this size is prepared in the driver."""
@@ -62,6 +67,30 @@ def read_rows(
             break
     table = pa.concat_tables(parts)
     return table.slice(0, limit) if limit is not None else table
+
+
+AUTO_MULTIPLE = 16
+"""``model.input_tdim=auto`` rounds up to a multiple of this many frames (a 16x16 patch's
+time size, and a whole number of 128x2 frame patches)."""
+
+
+def auto_length(features_dir: str, where: tuple[str, object] | None = None) -> int:
+    """``model.input_tdim=auto``: the 95th percentile of the rows' frame counts, rounded
+    up to :data:`AUTO_MULTIPLE` (:func:`pipeline.batches.auto_target_frames`); with
+    ``where=(column, value)`` only those rows (fine-tuning: the training split). Reads
+    the ``num_frames`` column only."""
+    frames = read_rows(features_dir, ["num_frames"], where).column("num_frames").to_numpy()
+    if frames.size == 0:
+        raise ValueError(f"model.input_tdim=auto: {features_dir} has no rows to measure")
+    length = auto_target_frames(frames, AUTO_MULTIPLE)
+    logger.info(
+        "model.input_tdim=auto: %d frames (95th percentile of %d clips%s, rounded up to %d)",
+        length,
+        frames.size,
+        f" with {where[0]} = {where[1]}" if where else "",
+        AUTO_MULTIPLE,
+    )
+    return length
 
 
 def prepared_dataset(rows: pa.Table, prepare: Callable[[pa.Table], dict[str, np.ndarray]]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.kit.config import MlflowSection, OptimSection, ScalingSection
+from jobs.kit.config import MlflowSection, OptimSection, ScalingSection, check_length
 from pipeline.features import FeatureConfig
 from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, SSASTConfig
@@ -17,14 +17,33 @@ class ModelSection:
     """Transformer size."""
     geometry: Literal["patch", "frame"] = "patch"
     """16x16 patches (cluster masking) or 128x2 frames (random masking)."""
-    input_tdim: int = 1024
-    """Frames per training example (clips are zero-padded or cut to this)."""
+    input_tdim: int | Literal["auto"] = 1024
+    """Frames per training example (clips are zero-padded or cut to this); auto: the 95th
+    percentile of the dataset's clip lengths rounded up to 16 frames (logged)."""
     num_masked: int = 400
     """M, masked patches per clip."""
+    mask_ratio: float | None = None
+    """Mask this fraction of each clip's patches instead of num_masked (e.g. with
+    input_tdim=auto, where the number of patches follows the data); the paper's 400 of
+    512 patches is 0.78."""
     generative_weight: float = 10.0
     """lambda in nce + lambda * mse."""
     two_pass: bool = False
     """The original's two encoder passes with independent masks (slower; faithful)."""
+
+    def __post_init__(self) -> None:
+        if self.input_tdim != "auto":
+            check_length(self.input_tdim)
+        if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
+            raise ValueError(f"model.mask_ratio must be in (0, 1) or null, got {self.mask_ratio}")
+
+    def masked(self, input_fdim: int) -> int:
+        """M for this input: num_masked, or mask_ratio of the patches (at least 1)."""
+        if self.mask_ratio is None:
+            return self.num_masked
+        f, t = GEOMETRIES[self.geometry]
+        patches = (input_fdim // f) * (check_length(self.input_tdim) // t)
+        return max(1, round(self.mask_ratio * patches))
 
     def ssast_config(self, input_fdim: int = 128) -> SSASTConfig:
         shape = GEOMETRIES[self.geometry]
@@ -33,8 +52,8 @@ class ModelSection:
             patch_shape=shape,
             patch_stride=shape,
             input_fdim=input_fdim,
-            input_tdim=self.input_tdim,
-            num_masked=self.num_masked,
+            input_tdim=check_length(self.input_tdim),
+            num_masked=self.masked(input_fdim),
             generative_weight=self.generative_weight,
         )
 

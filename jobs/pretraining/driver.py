@@ -15,8 +15,15 @@ import fsspec
 import torch
 import yaml
 
-from jobs.kit.config import flatten, to_dict
-from jobs.kit.datasets import DRIVER_PREPARE_MB, input_mb, prepared_dataset, read_rows, shard_files
+from jobs.kit.config import flatten, to_dict, with_length
+from jobs.kit.datasets import (
+    DRIVER_PREPARE_MB,
+    auto_length,
+    input_mb,
+    prepared_dataset,
+    read_rows,
+    shard_files,
+)
 from jobs.kit.models import contract
 from jobs.kit.tracking import (
     Tracker,
@@ -158,6 +165,8 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
     from ray.train.torch import TorchTrainer
 
     storage = absolute(storage)
+    if cfg.model.input_tdim == "auto":
+        cfg = with_length(cfg, _auto_length(data))
     plan = training_data(data, cfg)
     model_cfg = cfg.model.ssast_config(input_fdim=plan.features.num_mel_bins)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
@@ -218,6 +227,15 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
     return PretrainResult(
         storage, final_dir, int(metrics.get("step", 0)), metrics, uri, run_id, version
     )
+
+
+def _auto_length(data: str) -> int:
+    if not exists(data.rstrip("/") + "/dataset.json"):
+        raise ValueError(
+            f"model.input_tdim=auto measures a featurized dataset, and {data} has no "
+            "dataset.json: featurize it first (jobs/featurize.py) or give a number of frames"
+        )
+    return auto_length(load_dataset_info(data).features_dir)
 
 
 def _export_final(
