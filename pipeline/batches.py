@@ -30,20 +30,70 @@ def fixed_length(
 
     Vectorised over the batch: one scatter from the flat value buffer, no per-row loop.
     """
+    frames = np.asarray(num_frames, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])  # first frame of each row
+    return _gather(column, num_mel_bins, starts, np.minimum(frames, target_frames), target_frames)
+
+
+def _gather(
+    column: pa.ChunkedArray | pa.Array,
+    F: int,
+    first: np.ndarray,
+    keep: np.ndarray,
+    target_frames: int,
+) -> np.ndarray:
+    """(W, T, F) float32: output w holds frames first[w] .. first[w] + keep[w] of the flat
+    ``fbank`` values (frame indices over the whole column), zero after them."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False)  # (sum m_i * F,) float16
-    F = num_mel_bins
-    frames = np.asarray(num_frames, dtype=np.int64)
-    B = frames.size
-    out = np.zeros((B, target_frames, F), np.float32)
-    keep = np.minimum(frames, target_frames)  # frames copied per row
-    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])  # first frame of each row
-    row = np.repeat(np.arange(B), keep)  # (total kept,)
-    t = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)  # frame in row
-    src = (np.repeat(starts, keep) + t) * F  # offset of each kept frame in values
+    W = keep.size
+    out = np.zeros((W, target_frames, F), np.float32)
+    row = np.repeat(np.arange(W), keep)  # (total kept,)
+    t = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)  # frame in output
+    src = (np.repeat(first, keep) + t) * F  # offset of each kept frame in values
     out[row, t] = values[src[:, None] + np.arange(F)]  # (kept, F) gather
     return out
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Fixed-length windows over variable-length rows (the model input of long clips)."""
+
+    fbank: np.ndarray
+    """(W, T, F) normalised model input, windows of row 0 first."""
+    row: np.ndarray
+    """(W,) the row each window comes from."""
+    start: np.ndarray
+    """(W,) first frame of each window within its row."""
+    frames: np.ndarray
+    """(W,) frames of real audio in each window (the rest is padding)."""
+
+
+def window_starts(num_frames: int, target_frames: int, hop: int) -> np.ndarray:
+    """First frames of the windows over a row of ``num_frames``: 0, hop, 2 hop, ... until
+    a window reaches the row's end (the last one is padded); one window for a short row."""
+    n = 1 + max(0, -(-(num_frames - target_frames) // hop))
+    return np.arange(n, dtype=np.int64) * hop
+
+
+def to_windows(batch: pa.Table, target_frames: int, hop: int, norm: Normalization) -> Windows:
+    """A batch of feature rows -> windows of ``target_frames`` every ``hop`` frames,
+    normalised like :func:`to_model_input` (a row that fits gives exactly its
+    :func:`to_model_input` row)."""
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1 frame, got {hop}")
+    F = int(batch.column("num_mel_bins")[0].as_py()) if batch.num_rows else 128
+    frames = batch.column("num_frames").to_numpy().astype(np.int64)
+    row_first = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    per_row = [window_starts(m, target_frames, hop) for m in frames]
+    row = np.repeat(np.arange(frames.size), [len(s) for s in per_row])
+    start = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
+    keep = np.minimum(frames[row] - start, target_frames)
+    x = _gather(batch.column("fbank"), F, row_first[row] + start, keep, target_frames)
+    x -= norm.mean
+    x /= 2.0 * norm.std
+    return Windows(x, row, start, keep)
 
 
 def auto_target_frames(num_frames: np.ndarray, multiple: int = 16) -> int:

@@ -98,10 +98,14 @@ def map_predictor(
     spec: ModelInput,
     cfg: PredictConfig,
     where: tuple[str, Any] | None = None,
+    hop: int | None = None,
+    frame_shift_s: float = 0.01,
 ):
     """Lazily predicted rows of ``given`` (an actor pool of cfg.num_actors models).
 
     ``where=(column, value)``: only the feature rows whose column equals value (a split).
+    ``hop``: window long clips (see :class:`Predictor`); None: their first frames only.
+    ``frame_shift_s``: the model's frame shift (window times).
     """
     import ray
 
@@ -136,6 +140,8 @@ def map_predictor(
             "source": given.source,
             "features": given.features,
             "read": read,
+            "hop": hop,
+            "frame_shift_s": frame_shift_s,
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor,
@@ -151,17 +157,21 @@ def run_prediction(model: str, source: str, output: str, cfg: PredictConfig) -> 
 
     start = time.perf_counter()
     found = read_model(model)
-    if found.kind == "pretrain" and cfg.mode != "embeddings":
+    if found.kind == "pretrain" and cfg.mode not in ("embeddings", "timestamps"):
         raise ValueError(
             f"{model} is a pretrained encoder without a classification head: "
-            "use mode=embeddings, or fine-tune it first (jobs/finetune.py)"
+            "use mode=embeddings (or timestamps), or fine-tune it first (jobs/finetune.py)"
         )
     given = input_dataset(
         source, found.features, cfg.featurize_in_actors, rows_per_block=cfg.batch_size, model=found
     )
     norm = choose_normalization(cfg.normalization, model=found.normalization, dataset=given.stats)
-    spec = ModelInput(found.model.cfg.input_tdim, norm)
-    out = map_predictor(given, ray.put(found.payload), cfg.mode, spec, cfg).materialize()
+    T = found.model.cfg.input_tdim
+    spec = ModelInput(T, norm)
+    hop = cfg.hop(T)
+    shift = found.features.frame_shift_ms / 1000
+    out = map_predictor(given, ray.put(found.payload), cfg.mode, spec, cfg, None, hop, shift)
+    out = out.materialize()
     output = absolute(output)
     good = out.filter(expr=col("reason").is_null()).drop_columns(["reason", "detail"])
     # Files of many model batches, not one small file (and one write task) per batch.

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.batches import ModelInput
+from pipeline.batches import ModelInput, Windows, to_windows
 from pipeline.clips import featurize_rows
 from pipeline.features import FeatureConfig
 from pipeline.labels import LabelSet
@@ -52,6 +52,10 @@ class Predictor:
             reads itself (no Ray Data read tasks, which an actor pool holding every CPU
             would starve) and predicts in model batches.
         read: "files" only: {"columns": [...], "where": (column, value) or None, "batch_size"}.
+        hop: clips longer than the model's input are cut into windows every ``hop`` frames
+            whose outputs are averaged ("timestamps": one row per window); None: the first
+            ``spec.target_frames`` only.
+        frame_shift_s: seconds per frame (window times).
     """
 
     def __init__(
@@ -65,6 +69,8 @@ class Predictor:
         source: Literal["rows", "audio", "files"] = "rows",
         features: FeatureConfig | None = None,
         read: dict | None = None,
+        hop: int | None = None,
+        frame_shift_s: float = 0.01,
     ) -> None:
         import ray
         import torch
@@ -77,6 +83,10 @@ class Predictor:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_checkpoint(payload).to(self.device).eval()
         self.mode, self.spec, self.top_k = mode, spec, top_k
+        self.hop, self.frame_shift_s = hop, frame_shift_s
+        self.batch_size = read["batch_size"] if read else 32
+        if mode == "timestamps" and hop is None:
+            raise ValueError("mode=timestamps needs windows (a hop)")
         if (source == "audio") != (features is not None) or (source == "files") != bool(read):
             raise ValueError(f"source={source!r} needs features (audio) or read (files)")
         self.source, self.features, self.read = source, features, read
@@ -84,8 +94,15 @@ class Predictor:
         self.labels = LabelSet.from_dict(task) if task.get("class_names") else None
         self.width = (
             self.model.encoder.embed_dim
-            if mode == "embeddings"
+            if self.embeds
             else getattr(self.model, "num_classes", self.model.encoder.embed_dim)
+        )
+
+    @property
+    def embeds(self) -> bool:
+        """Embeddings out: mode=embeddings, or timestamps of a model without a head."""
+        return self.mode == "embeddings" or (
+            self.mode == "timestamps" and not hasattr(self.model, "num_classes")
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -105,8 +122,6 @@ class Predictor:
 
     def _predict(self, batch: pa.Table) -> pa.Table:
         """Feature rows (+ reason/detail for rows that failed) -> prediction rows."""
-        import torch
-
         if "reason" not in batch.column_names:  # a featurized dataset: every row is good
             none = pa.nulls(batch.num_rows, pa.string())
             batch = batch.append_column("reason", none).append_column("detail", none)
@@ -115,28 +130,67 @@ class Predictor:
             [c for c in (*ID_COLUMNS, "reason", "detail") if c in batch.column_names]
         )
         rows = batch.filter(pa.array(ok))
-        if rows.num_rows:
-            x = self.spec.prepare(rows)
-            with torch.no_grad():
-                fbank = torch.from_numpy(x["fbank"]).to(self.device)
-                values = self._forward(fbank).float().cpu().numpy()  # (B_ok, K or D)
-            target = x.get("target")
-        else:  # every clip of this batch failed: same columns, all null
-            values = np.zeros((0, self.width), np.float32)
+        target = None
+        if self.spec.labels is not None and rows.num_rows:
+            target = self.spec.labels.encode(rows.column(self.spec.labels.column).to_pylist())
+        if self.hop is not None:
+            windows = to_windows(rows, self.spec.target_frames, self.hop, self.spec.normalization)
+            values = self._forward(windows.fbank)  # (W, K or D)
+            if self.mode == "timestamps":
+                return self._per_window(batch, out, ok, windows, values)
+            # The mean of each clip's windows.
+            counts = np.bincount(windows.row, minlength=rows.num_rows)[:, None]
+            summed = np.zeros((rows.num_rows, values.shape[1]), np.float64)
+            np.add.at(summed, windows.row, values)
+            values = (summed / np.maximum(counts, 1)).astype(np.float32)
+        else:
+            values = self._forward(self.spec.prepare(rows)["fbank"])  # (B_ok, K or D)
+        if target is None and self.spec.labels is not None:
             target = np.zeros((0, self.width), np.float32)
-        if self.spec.labels is None:
-            target = None
         return _attach(out, ok, self._columns(values, target))
 
-    def _forward(self, fbank):
-        if self.mode == "embeddings":
+    def _per_window(
+        self, batch: pa.Table, out: pa.Table, ok: np.ndarray, windows: Windows, values
+    ) -> pa.Table:
+        """mode=timestamps: one row per window of every good clip (a failed clip keeps
+        one row, with nulls), windows in time order."""
+        counts = np.ones(len(ok), np.int64)
+        counts[ok] = np.bincount(windows.row, minlength=int(ok.sum()))
+        good = np.repeat(ok, counts)  # (rows out,) from a good clip
+        out = out.take(pa.array(np.repeat(np.arange(len(ok)), counts)))
+        offset = np.zeros(len(ok))
+        if "start_s" in batch.column_names:  # a segment of a longer recording
+            offset = batch.column("start_s").to_numpy(zero_copy_only=False).astype(np.float64)
+        owner = np.flatnonzero(ok)[windows.row]
+        start = offset[owner] + windows.start * self.frame_shift_s
+        columns = {
+            "window_index": pa.array(windows.start // self.hop, pa.int32()),
+            "window_start_s": pa.array(start),
+            "window_end_s": pa.array(start + windows.frames * self.frame_shift_s),
+            **self._columns(values, None),
+        }
+        return _attach(out, good, columns)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """(N, T, F) model input -> (N, K or D) outputs, in model batches."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for k in range(0, len(x), self.batch_size):
+                fbank = torch.from_numpy(x[k : k + self.batch_size]).to(self.device)
+                out.append(self._call_model(fbank).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.width), np.float32)
+
+    def _call_model(self, fbank):
+        if self.embeds:
             if hasattr(self.model, "embed"):
                 return self.model.embed(fbank)
             return self.model.encode(fbank).mean(dim=1)
         return self.model(fbank)
 
     def _columns(self, values: np.ndarray, target: np.ndarray | None) -> dict[str, pa.Array]:
-        if self.mode == "embeddings":
+        if self.embeds:
             return {"embedding": _list_array(values)}
         if self.mode == "scores":
             cols = {"scores": _list_array(values)}

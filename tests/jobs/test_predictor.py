@@ -93,3 +93,62 @@ def test_inputs_must_match_the_source():
             PREPARE,
             source="files",
         )
+
+
+def window_rows(row: dict, starts: list[int], T: int) -> pa.Table:
+    """Each window of a feature row as a row of its own (the reference: the cut path)."""
+    F = row["num_mel_bins"]
+    fbank = np.asarray(row["fbank"], np.float16).reshape(-1, F)
+    parts = [fbank[s : s + T] for s in starts]
+    return pa.table(
+        {
+            "path": [f"{row['path']}#{s}" for s in starts],
+            "fbank": pa.array([p.reshape(-1) for p in parts], pa.list_(pa.float16())),
+            "num_frames": pa.array([len(p) for p in parts], pa.int32()),
+            "num_mel_bins": pa.array([F] * len(parts), pa.int32()),
+        }
+    )
+
+
+def test_long_clips_are_the_mean_of_their_windows_and_timestamps_list_them(corpus):
+    """A 200-frame clip with a 64-frame model and a hop of 24: windows at 0, 24, ..., 144
+    (the last reaches the end, padded); scores are the mean of the windows' scores, each
+    window predicted alone by the plain (cut) path; a short clip is one window."""
+    _, features, _, payload = corpus
+    rows = features.to_pylist()
+    long = dict(rows[0])
+    F = long["num_mel_bins"]
+    frames = np.concatenate([np.asarray(r["fbank"]).reshape(-1, F) for r in rows])[:200]
+    long.update(path="long.wav", fbank=frames.reshape(-1).tolist(), num_frames=200)
+    short = next(r for r in rows if r["num_frames"] <= 64)
+    batch = pa.Table.from_pylist([long, short], schema=features.schema)
+    starts = [0, 24, 48, 72, 96, 120, 144]
+
+    windowed = Predictor(payload, "scores", PREPARE, hop=24)(batch).to_pylist()
+    alone = Predictor(payload, "scores", PREPARE)(window_rows(long, starts, 64))
+    expected = np.mean(alone.column("scores").to_pylist(), axis=0)
+    np.testing.assert_allclose(windowed[0]["scores"], expected, atol=1e-5)
+    one = Predictor(payload, "scores", PREPARE)(batch.slice(1, 1)).to_pylist()[0]
+    np.testing.assert_allclose(windowed[1]["scores"], one["scores"], atol=1e-6)
+
+    stamps = Predictor(payload, "timestamps", PREPARE, top_k=2, hop=24, frame_shift_s=0.01)
+    got = stamps(batch)
+    assert got.column("path").to_pylist() == ["long.wav"] * 7 + [short["path"]]
+    assert got.column("window_index").to_pylist() == [0, 1, 2, 3, 4, 5, 6, 0]
+    np.testing.assert_allclose(got.column("window_start_s").to_pylist()[:7], np.array(starts) / 100)
+    ends = [min(s + 64, 200) / 100 for s in starts] + [short["num_frames"] / 100]
+    np.testing.assert_allclose(got.column("window_end_s").to_pylist(), ends)
+    labels = Predictor(payload, "labels", PREPARE, top_k=2)(window_rows(long, starts, 64))
+    assert got.column("top_labels").to_pylist()[:7] == labels.column("top_labels").to_pylist()
+
+
+def test_timestamps_keep_one_null_row_per_broken_file(corpus):
+    rows, _, errors, payload = corpus
+    got = Predictor(
+        payload, "timestamps", PREPARE, hop=32, source="audio", features=FeatureConfig()
+    )(rows)
+    bad = got.filter(got.column("reason").is_valid())
+    assert sorted(bad.column("path").to_pylist()) == sorted(errors.column("path").to_pylist())
+    assert bad.column("window_start_s").null_count == bad.num_rows
+    good = got.filter(got.column("reason").is_null())
+    assert good.column("top_labels").null_count == 0 and good.num_rows >= rows.num_rows - 2
