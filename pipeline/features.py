@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torchaudio.compliance.kaldi import get_mel_banks
 
+SEGMENTING = ("segment_s", "min_segment_s")
+"""Fields that decide how recordings are cut into clips, not what a frame holds."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureConfig:
@@ -86,6 +89,12 @@ class FeatureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def same_frames(self, other: FeatureConfig) -> bool:
+        """Equal in every field but the segmentation (:data:`SEGMENTING`): features of one
+        are valid input of a model trained on the other."""
+        x, y = self.to_dict(), other.to_dict()
+        return all(x[k] == y[k] for k in x if k not in SEGMENTING)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:

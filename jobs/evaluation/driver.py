@@ -86,7 +86,7 @@ def load_encoders(refs: list[str], cfg: BenchmarkConfig) -> list[Encoder]:
     trained = [e for e in out if e.payload is not None]
     features = trained[0].features if trained else FeatureConfig()
     for e in trained[1:]:
-        if e.features != features:
+        if not e.features.same_frames(features):
             raise ValueError(
                 f"encoders {trained[0].name} and {e.name} were trained on other "
                 "feature settings; compare them on separate runs"
@@ -103,7 +103,7 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
     for name, spec in suite.items():
         if "data" in spec:
             info = load_dataset_info(spec["data"])
-            if info.feature_config != features:
+            if not info.feature_config.same_frames(features):
                 raise ValueError(
                     f"task {name}: {spec['data']} was featurized with other "
                     f"settings ({feature_diff(info.feature_config, features)})"

@@ -6,12 +6,21 @@ settings (shared/reference/ssast-original.md section 5.5).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from jobs.kit.config import MlflowSection, OptimSection, ScalingSection, check_length
 from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, AdapterConfig, SSASTConfig
+
+logger = logging.getLogger("finetune")
+
+SCRATCH_LR = 1e-3
+"""optim.lr when unset, with --init scratch."""
+PRETRAINED_LR = 1e-4
+"""optim.lr when unset, from a checkpoint (the paper's fine-tuning rate)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,13 +125,15 @@ class AugmentSection:
 
 @dataclass(frozen=True, kw_only=True)
 class FtOptimSection(OptimSection):
-    lr: float = 1e-4
-    """Learning rate of the encoder (the top layer with layer_decay < 1)."""
+    lr: float | None = None
+    """Learning rate of the encoder (the top layer with layer_decay < 1). None: chosen by
+    --init (logged): 1e-3 from scratch, 1e-4 (the paper's rate) from a checkpoint."""
     warmup_steps: int = 0
     """Linear warm-up steps (the Speech Commands recipe: 1000)."""
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    schedule: Literal["multistep", "cosine", "constant"] | None = None
     """multistep: lr x decay_factor per decay_every epochs after decay_start (the
-    original's MultiStepLR); cosine to min_lr over the steps after warm-up; constant."""
+    original's MultiStepLR); cosine to min_lr over the steps after warm-up; constant.
+    None: chosen by --init (logged): cosine from scratch, multistep from a checkpoint."""
     head_lr_mult: float = 1.0
     """The head trains at lr x this."""
     layer_decay: float = 1.0
@@ -210,3 +221,22 @@ class FinetuneConfig:
     mlflow: FtMlflowSection = field(default_factory=FtMlflowSection)
     name: str = "finetune"
     """Run name: the same name under the same --output resumes from its last epoch."""
+
+    def with_init_defaults(self) -> FinetuneConfig:
+        """optim.lr and optim.schedule left unset (None) chosen by ``init``: a from-scratch
+        model needs a rate ten times the paper's fine-tuning rate for a pretrained
+        encoder (at 1e-4 a tiny model from scratch stays near chance), and cosine decay."""
+        o = self.optim
+        if o.lr is not None and o.schedule is not None:
+            return self
+        scratch = self.init == "scratch"
+        lr = o.lr if o.lr is not None else (SCRATCH_LR if scratch else PRETRAINED_LR)
+        schedule = o.schedule or ("cosine" if scratch else "multistep")
+        logger.info(
+            "--init %s: optim.lr=%g, optim.schedule=%s%s",
+            self.init,
+            lr,
+            schedule,
+            " (defaults for a model trained from scratch)" if scratch else " (the paper's)",
+        )
+        return dataclasses.replace(self, optim=dataclasses.replace(o, lr=lr, schedule=schedule))

@@ -187,6 +187,7 @@ def run_finetuning(
     from ray.train.torch import TorchTrainer
 
     output = absolute(output)
+    cfg = cfg.with_init_defaults()
     prepared = prepared or prepare_data(data, cfg)
     info, task = prepared.info, prepared.task
     if cfg.model.input_tdim == "auto":

@@ -202,7 +202,9 @@ class OptimSection:
     """Micro-batches per optimizer step."""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.lr) or self.lr == math.inf) or self.lr <= 0:
+        if self.lr is not None and (
+            not (math.isfinite(self.lr) or self.lr == math.inf) or self.lr <= 0
+        ):
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if self.accumulate < 1:
             raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")

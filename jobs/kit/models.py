@@ -123,7 +123,7 @@ def read_payload(ref: str) -> dict[str, Any]:
 
 def check_features(model: ModelFile, found: FeatureConfig, where: str) -> None:
     """ValueError naming every field where a dataset's features differ from the model's."""
-    if found == model.features:
+    if found.same_frames(model.features):
         return
     raise ValueError(
         f"{where} was featurized with other settings than model {model.ref} was trained on "

@@ -96,7 +96,7 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     info = load_dataset_info(data) if exists(data.rstrip("/") + "/dataset.json") else None
     if info is not None:
         features = info.feature_config
-        if cfg.features is not None and cfg.features != features:
+        if cfg.features is not None and not cfg.features.same_frames(features):
             raise ValueError(
                 f"{data} was featurized with other settings than the config's "
                 f"features ({feature_diff(features, cfg.features, 'data', 'config')}); drop "

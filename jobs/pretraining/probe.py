@@ -45,7 +45,7 @@ class CheckpointProbe:
         tracker: Tracker,
     ) -> None:
         info = load_dataset_info(data)
-        if info.feature_config != features:
+        if not info.feature_config.same_frames(features):
             raise ValueError(
                 f"eval.data {data} was featurized with other settings than the "
                 f"pretraining data ({feature_diff(info.feature_config, features)})"

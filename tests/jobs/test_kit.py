@@ -13,7 +13,8 @@ import torch
 from jobs.finetuning.config import FinetuneConfig
 from jobs.finetuning.task import read_task
 from jobs.finetuning.worker import steps_per_epoch
-from jobs.kit.config import load_config
+from jobs.kit.config import load_config, with_length
+from jobs.kit.datasets import auto_length
 from jobs.kit.models import check_features, contract, read_model
 from jobs.pretraining.config import PretrainConfig
 from jobs.pretraining.driver import passes_needed
@@ -138,8 +139,9 @@ def test_bad_model_references_are_one_line_errors(tmp_path):
 
 
 # ------------------------------------------------------------- the task
-def write_dataset(root, labels, splits, mean=-5.0, std=3.0):
-    """A featurized dataset directory by hand: dataset.json and one shard."""
+def write_dataset(root, labels, splits, mean=-5.0, std=3.0, frames=None):
+    """A featurized dataset directory by hand: dataset.json and one shard (``frames``:
+    each row's num_frames, default 1; the fbank column is not filled to match)."""
     (root / "features").mkdir(parents=True)
     n = len(labels)
     pq.write_table(
@@ -148,7 +150,7 @@ def write_dataset(root, labels, splits, mean=-5.0, std=3.0):
                 "label": labels,
                 "split": splits,
                 "fbank": [[0.0] * 128] * n,
-                "num_frames": [1] * n,
+                "num_frames": frames or [1] * n,
                 "num_mel_bins": [128] * n,
             }
         ),
@@ -197,3 +199,33 @@ def test_read_task_counts_splits_names_classes_and_refuses_bad_data(tmp_path):
         read_task(info, load_config(FinetuneConfig, None, ["data.label_column=kind"]))
     with pytest.raises(ValueError, match="is not one of the model's 3 classes"):
         task.labels.encode(["cow"])
+
+
+def test_auto_length_is_the_training_splits_95th_percentile_rounded_up_to_16(tmp_path, caplog):
+    # Training clips of 10, 20, ..., 200 frames: the 95th percentile (linear) is 190.5,
+    # rounded up to 192; the long valid / test clips are not measured.
+    frames = [10 * k for k in range(1, 21)] + [5000, 5000]
+    info = write_dataset(
+        tmp_path / "ds", ["a", "b"] * 11, ["train"] * 20 + ["valid", "test"], frames=frames
+    )
+    with caplog.at_level("INFO", logger="datasets"):
+        assert auto_length(info.features_dir, ("split", "train")) == 192
+    assert "model.input_tdim=auto: 192 frames" in caplog.text
+    assert auto_length(info.features_dir) == 4768  # every row: 95th percentile 4760
+
+    pre = load_config(PretrainConfig, None, ["model.input_tdim=auto", "model.mask_ratio=0.5"])
+    assert with_length(pre, 192).model.ssast_config().num_patches == 8 * 12
+    assert with_length(pre, 192).model.masked(128) == 48
+    with pytest.raises(ValueError, match="must be resolved from the data first"):
+        pre.model.ssast_config()
+    with pytest.raises(ValueError, match="'auto' or a number of frames >= 16, got 'long'"):
+        load_config(FinetuneConfig, None, ["model.input_tdim=long"])
+
+
+def test_fine_tuning_rate_and_schedule_follow_the_init_unless_set():
+    scratch = FinetuneConfig().with_init_defaults().optim
+    assert (scratch.lr, scratch.schedule) == (1e-3, "cosine")
+    ckpt = load_config(FinetuneConfig, None, ["init=enc.pt"]).with_init_defaults().optim
+    assert (ckpt.lr, ckpt.schedule) == (1e-4, "multistep")
+    mine = load_config(FinetuneConfig, None, ["optim.lr=3e-4"]).with_init_defaults().optim
+    assert (mine.lr, mine.schedule) == (3e-4, "cosine")
