@@ -84,3 +84,15 @@ class SpectrogramEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) spectrograms -> (B, C + N, D) encoded tokens."""
         return self.forward_tokens(self.patch_embed(x))
+
+    def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, T, F) spectrograms -> the (B, C + N, D) tokens after each block; the last
+        after the final LayerNorm (equal to :meth:`forward`)."""
+        patches = self.patch_embed(x)
+        h = torch.cat([self.extra_tokens(patches.shape[0]), patches], dim=1) + self.pos_embed
+        out = []
+        for block in self.blocks:
+            h = block(h)
+            out.append(h)
+        out[-1] = self.norm(h)
+        return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-METHODS = ("baseline", "probe")
+METHODS = ("baseline", "probe", "finetune")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,12 +18,20 @@ class BenchmarkMlflowSection:
 
 @dataclass(frozen=True, kw_only=True)
 class BenchmarkConfig:
-    methods: tuple[Literal["baseline", "probe"], ...] = METHODS
+    methods: tuple[Literal["baseline", "probe", "finetune"], ...] = ("baseline", "probe")
     """baseline: logistic regression on pooled fbank statistics (no encoder); probe: a
-    logistic regression on frozen clip embeddings (mean of the patch tokens)."""
+    logistic regression on frozen clip embeddings (mean of the patch tokens); finetune:
+    the whole classifier trained with the recipe ``finetune_config`` (the epoch of the
+    best valid accuracy is scored)."""
+    probe_layers: Literal["last", "all"] = "last"
+    """all: also probe the mean patch token after every block (methods probe@1 ...
+    probe@L; probe is the last block, after the final LayerNorm)."""
+    finetune_config: str = "jobs/configs/finetune_small.yaml"
+    """The fine-tuning recipe (a jobs/finetune.py config; relative paths from the project
+    root). The same recipe for every encoder, scratch included."""
     num_seeds: int = 3
-    """Runs of every stochastic method (a scratch encoder's random weights); deterministic
-    ones (the baseline, a probe on a trained encoder) run once."""
+    """Runs of every stochastic method (fine-tuning; a scratch encoder's random weights);
+    deterministic ones (the baseline, a probe on a trained encoder) run once."""
     input_tdim: int | None = None
     """Frames per clip given to the encoder; None (auto): each task's 95th percentile of
     clip lengths, rounded up to the patch's time size."""

@@ -128,7 +128,24 @@ def plan_runs(
         for e in encoders if "probe" in cfg.methods else []:
             seeds = range(cfg.num_seeds) if e.payload is None else range(1)
             runs += [{"task": task, "method": "probe", "encoder": e.name, "seed": s} for s in seeds]
+        for e in encoders if "finetune" in cfg.methods else []:
+            runs += [
+                {"task": task, "method": "finetune", "encoder": e.name, "seed": s}
+                for s in range(cfg.num_seeds)
+            ]
     return runs
+
+
+def finetune_recipe(cfg: BenchmarkConfig):
+    """The fine-tuning recipe of the finetune method (None when it does not run)."""
+    from jobs.finetuning.config import FinetuneConfig
+    from jobs.kit.cli import ROOT
+    from jobs.kit.config import load_config
+
+    if "finetune" not in cfg.methods:
+        return None
+    path = Path(cfg.finetune_config)
+    return load_config(FinetuneConfig, path if path.is_absolute() else ROOT / path, [])
 
 
 def run_benchmark(
@@ -152,6 +169,7 @@ def run_benchmark(
     payloads = {e.name: ray.put(e.payload) if e.payload is not None else None for e in encoders}
     by_name = {e.name: e for e in encoders}
     template = next((payloads[e.name] for e in encoders if e.payload is not None), None)
+    recipe = finetune_recipe(cfg)
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
     pending = []
     for r in runs:
@@ -162,11 +180,13 @@ def run_benchmark(
             "scratch_size": cfg.scratch_size,
             "batch_size": cfg.batch_size,
             "threads": max(1, int(cfg.cpus_per_run)),
+            "layers": cfg.probe_layers,
+            "recipe": recipe,
             # An encoder's own statistics; scratch (none) takes the task's.
             "normalization": (e.normalization if e and e.normalization else sets[task].statistics),
         }
         pending.append(remote.remote(spec, set_refs[task], payloads.get(r["encoder"]), template))
-    rows = ray.get(pending)
+    rows = [row for rows in ray.get(pending) for row in rows]
     table = format_table(rows)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     run_id = _log(uri, cfg, refs, suite_path, output, rows, table)

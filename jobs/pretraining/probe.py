@@ -74,7 +74,7 @@ class CheckpointProbe:
         from ssast import load_checkpoint
 
         model = load_checkpoint(state).adapted(input_tdim=self.spec.target_frames).eval()
-        fitted = self.data.fit(embed(model, self.data.rows, self.spec, 32))
+        fitted = self.data.fit(embed(model, self.data.rows, self.spec, 32)[-1])
         return {
             f"probe/{self.task}/accuracy": fitted["test/accuracy"],
             f"probe/{self.task}/valid_accuracy": fitted["valid/accuracy"],

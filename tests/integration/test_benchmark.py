@@ -32,6 +32,11 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     torch.manual_seed(3)
     encoder = tmp_path / "enc.pt"
     save_checkpoint(SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=10)), encoder)
+    recipe = tmp_path / "recipe.yaml"  # a short fine-tuning: two epochs
+    recipe.write_text(
+        "model: {input_tdim: auto}\noptim: {name: adamw, lr: 1.0e-3, schedule: cosine}\n"
+        "train: {max_epochs: 2, batch_size: 8}\n"
+    )
     out = tmp_path / "out"
     assert (
         benchmark.main(
@@ -45,6 +50,9 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
                 "--output",
                 str(out),
                 "num_seeds=2",
+                "methods=[baseline,probe,finetune]",
+                "probe_layers=all",
+                f"finetune_config={recipe}",
                 f"mlflow.tracking_uri={mlflow_server}",
             ]
         )
@@ -53,7 +61,9 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
 
     runs = json.loads((out / "results.json").read_text())["runs"]
     key = {(r["task"], r["method"], r["encoder"], r["seed"]): r for r in runs}
-    assert len(runs) == 2 * (1 + 1 + 2)
+    # Per task: the baseline, the encoder's probe (+ 12 layers), scratch's probes (2
+    # seeds, + 12 layers each), and fine-tuning of both encoders over 2 seeds.
+    assert len(runs) == 2 * (1 + 13 + 2 * 13 + 2 * 2)
     for method, enc, seed in (
         ("baseline", "-", 0),
         ("probe", str(encoder), 0),
@@ -69,7 +79,7 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     T = auto_target_frames(rows.column("num_frames").to_numpy())
     model = SSAST(SSASTConfig(size="tiny", input_tdim=256, num_masked=10))
     model.load_state_dict(torch.load(encoder, weights_only=True)["state_dict"])
-    x = embed(model.adapted(input_tdim=T).eval(), rows, ModelInput(T, info.statistics), 8)
+    [x] = embed(model.adapted(input_tdim=T).eval(), rows, ModelInput(T, info.statistics), 8)
     names = sorted(set(rows.column("label").to_pylist()))
     y = np.array([names.index(v) for v in rows.column("label").to_pylist()])
     split = np.array(rows.column("split").to_pylist())
@@ -83,6 +93,25 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     assert got["test/accuracy"] == pytest.approx(
         accuracy(probe.scores(x[split == "test"]), y[split == "test"])
     )
+    assert key[("features", "probe@12", str(encoder), 0)]["l2"] == got["l2"]
+    # The first block's probe: its output captured by a hook, mean over the patch tokens.
+    first, at_T = [], model.adapted(input_tdim=T).eval()
+    at_T.encoder.blocks[0].register_forward_hook(lambda m, i, o: first.append(o[:, 2:].mean(1)))
+    embed(at_T, rows, ModelInput(T, info.statistics), 8)
+    x1 = torch.cat(first).double().numpy()
+    probe1 = select_and_fit(
+        (x1[split == "train"], y[split == "train"]),
+        (x1[split == "valid"], y[split == "valid"]),
+        len(names),
+    )
+    assert key[("features", "probe@1", str(encoder), 0)]["test/accuracy"] == pytest.approx(
+        accuracy(probe1.scores(x1[split == "test"]), y[split == "test"])
+    )
+    tuned = [r for r in runs if r["method"] == "finetune"]
+    assert {(r["encoder"], r["seed"]) for r in tuned} == {
+        (e, s) for e in (str(encoder), "scratch") for s in (0, 1)
+    }
+    assert all(1 <= r["best_epoch"] <= 2 and 0 <= r["test/accuracy"] <= 1 for r in tuned)
 
     table = (out / "results.md").read_text()
     assert "baseline (pooled fbank)" in table and "probe: scratch" in table and "(2)" in table
@@ -94,6 +123,6 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert parent.info.status == "FINISHED" and len(children) == 2 * 3
+    assert parent.info.status == "FINISHED" and len(children) == 2 * (1 + 2 * 13 + 2)
     scratch = [c for c in children if c.info.run_name == "features/probe/scratch"][0]
     assert len(client.get_metric_history(scratch.info.run_id, "test/accuracy")) == 2
