@@ -80,7 +80,7 @@ def window_starts(num_frames: int, target_frames: int, hop: int) -> np.ndarray:
 def to_windows(batch: pa.Table, target_frames: int, hop: int, norm: Normalization) -> Windows:
     """A batch of feature rows -> windows of ``target_frames`` every ``hop`` frames,
     normalised like :func:`to_model_input` (a row that fits gives exactly its
-    :func:`to_model_input` row)."""
+    :func:`to_model_input` row; with clip_mean every window takes its clip's mean)."""
     if hop < 1:
         raise ValueError(f"hop must be >= 1 frame, got {hop}")
     F = int(batch.column("num_mel_bins")[0].as_py()) if batch.num_rows else 128
@@ -91,9 +91,8 @@ def to_windows(batch: pa.Table, target_frames: int, hop: int, norm: Normalizatio
     start = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
     keep = np.minimum(frames[row] - start, target_frames)
     x = _gather(batch.column("fbank"), F, row_first[row] + start, keep, target_frames)
-    x -= norm.mean
-    x /= 2.0 * norm.std
-    return Windows(x, row, start, keep)
+    means = clip_means(batch.column("fbank"), frames, F)[row] if norm.clip_mean else None
+    return Windows(norm.apply(x, keep, means), row, start, keep)
 
 
 def auto_target_frames(num_frames: np.ndarray, multiple: int = 16) -> int:
@@ -103,13 +102,25 @@ def auto_target_frames(num_frames: np.ndarray, multiple: int = 16) -> int:
     return max(multiple, int(math.ceil(p95 / multiple) * multiple))
 
 
+def clip_means(column: pa.ChunkedArray | pa.Array, num_frames: np.ndarray, F: int) -> np.ndarray:
+    """(B, F) each row's mean log-mel per mel bin over all its frames."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    frames = np.asarray(num_frames, np.int64)
+    if frames.size == 0:
+        return np.zeros((0, F), np.float64)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, F)
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    return np.add.reduceat(values, starts, axis=0) / frames[:, None]
+
+
 def to_model_input(batch: pa.Table, target_frames: int, norm: Normalization) -> np.ndarray:
     """A batch of feature rows -> (B, T, F) float32, normalised."""
     F = int(batch.column("num_mel_bins")[0].as_py()) if batch.num_rows else 128
-    x = fixed_length(batch.column("fbank"), batch.column("num_frames").to_numpy(), F, target_frames)
-    x -= norm.mean
-    x /= 2.0 * norm.std
-    return x
+    frames = batch.column("num_frames").to_numpy()
+    x = fixed_length(batch.column("fbank"), frames, F, target_frames)
+    means = clip_means(batch.column("fbank"), frames, F) if norm.clip_mean else None
+    return norm.apply(x, np.minimum(frames, target_frames), means)
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,8 @@ def _fbank(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     m, F_ = _num_frames(audio, model), model.features.num_mel_bins
     raw = model.extractor(waves, half=True) if waves else []  # float16: the stored features
     x = torch.from_numpy(np.stack(raw)).float() if raw else torch.zeros(0, m, F_)  # (n, m, F)
-    norm = model.normalization
-    return (x - norm.mean) / (2 * norm.std)  # pipeline.batches.to_model_input's rule
+    frames = np.full(x.shape[0], m)  # every frame is audio: no padding yet
+    return torch.from_numpy(model.normalization.apply(x.numpy(), frames))  # the pipeline's rule
 
 
 def _column_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,10 @@ class BenchmarkConfig:
     scratch_size: Literal["tiny", "small", "base"] = "tiny"
     """Size of a 'scratch' encoder when no other encoder gives the architecture (with
     another encoder, scratch is that architecture with random weights)."""
+    clip_mean: bool | None = None
+    """Per-clip mean normalisation of scratch's input (see data.clip_mean of the training
+    jobs); None: as the trained encoders under test (off when there are none). A trained
+    encoder always reads its input as it was trained."""
     batch_size: int = 32
     """Clips per encoder call."""
     cpus_per_run: float = 1.0

@@ -10,6 +10,7 @@ conditions; scored once).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -169,6 +170,9 @@ def run_benchmark(
     payloads = {e.name: ray.put(e.payload) if e.payload is not None else None for e in encoders}
     by_name = {e.name: e for e in encoders}
     template = next((payloads[e.name] for e in encoders if e.payload is not None), None)
+    clip = cfg.clip_mean
+    if clip is None:
+        clip = any(e.normalization and e.normalization.clip_mean for e in encoders)
     recipe = finetune_recipe(cfg)
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
     pending = []
@@ -183,7 +187,11 @@ def run_benchmark(
             "layers": cfg.probe_layers,
             "recipe": recipe,
             # An encoder's own statistics; scratch (none) takes the task's.
-            "normalization": (e.normalization if e and e.normalization else sets[task].statistics),
+            "normalization": (
+                e.normalization
+                if e and e.normalization
+                else dataclasses.replace(sets[task].statistics, clip_mean=clip)
+            ),
         }
         pending.append(remote.remote(spec, set_refs[task], payloads.get(r["encoder"]), template))
     rows = [row for rows in ray.get(pending) for row in rows]

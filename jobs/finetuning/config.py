@@ -87,6 +87,10 @@ class FtDataSection:
     normalization: str = "dataset"
     """'dataset' (dataset.json statistics) or a preset: audioset, esc50, speechcommands.
     Saved with the model; prediction applies the same."""
+    clip_mean: bool = False
+    """Subtract each clip's own mean log-mel per mel bin instead of the dataset mean
+    (cepstral mean normalisation): a recording's level, microphone and low-pass cancel
+    out. Saved with the model; prediction applies the same."""
     shuffle_buffer: int = 256
     """Rows in each worker's local shuffle buffer."""
     limit: int | None = None

@@ -147,6 +147,15 @@ def initial_model(cfg: FinetuneConfig, info: DatasetInfo, num_classes: int) -> S
         )
     init: ModelFile = read_model(cfg.init)
     check_features(init, info.feature_config, info.root)
+    if init.normalization is not None and init.normalization.clip_mean != cfg.data.clip_mean:
+        logger.warning(
+            "init %s was trained with data.clip_mean=%s and this run uses %s: set "
+            "data.clip_mean=%s to give the encoder its input as it learned it",
+            cfg.init,
+            init.normalization.clip_mean,
+            cfg.data.clip_mean,
+            init.normalization.clip_mean,
+        )
     model = encoder_of(init.model, init.ref)  # a fine-tuned classifier continues from its encoder
     logger.info(
         "init %s: %s %s, patch %s; model.size / model.geometry are ignored",

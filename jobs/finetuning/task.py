@@ -6,6 +6,7 @@ handed to the workers and saved with the model (:meth:`Task.saved`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,4 +111,5 @@ def read_task(info: DatasetInfo, cfg: FinetuneConfig) -> Task:
     except ValueError as exc:
         raise ValueError(f"{info.root}: {exc}") from None
     norm = choose_normalization(d.normalization, dataset=info.statistics)
+    norm = dataclasses.replace(norm, clip_mean=d.clip_mean)
     return resolve_task(cfg, labels, norm, counts)

@@ -63,6 +63,10 @@ class DataSection:
     normalization: str = "dataset"
     """'dataset' (mean/std from dataset.json; a manifest has none and falls back to the
     AudioSet preset with a warning) or a preset: audioset, esc50, speechcommands."""
+    clip_mean: bool = False
+    """Subtract each clip's own mean log-mel per mel bin instead of the dataset mean
+    (cepstral mean normalisation): a recording's level, microphone and low-pass cancel
+    out. Saved with the model; fine-tune with the same."""
     shuffle_buffer: int = 64
     """Rows in each worker's local shuffle buffer (files are shuffled too)."""
     limit: int | None = None

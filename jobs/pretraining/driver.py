@@ -3,6 +3,7 @@ model registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from contextlib import nullcontext
@@ -107,6 +108,7 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     else:
         features, stats, num_rows = cfg.features or FeatureConfig(), None, None
     norm = choose_normalization(cfg.data.normalization, dataset=stats)
+    norm = dataclasses.replace(norm, clip_mean=cfg.data.clip_mean)
     t = cfg.train
     passes = passes_needed(cfg, num_rows)
     size_mb = input_mb(num_rows or 0, cfg.model.input_tdim, features.num_mel_bins)

@@ -48,3 +48,36 @@ def test_auto_length_is_the_95th_percentile_in_whole_patches():
     assert auto_target_frames(frames, multiple=2) == 96
     assert auto_target_frames(np.array([998] * 20)) == 1008  # a 10 s clip: 63 patches
     assert auto_target_frames(np.array([3])) == 16  # at least one patch
+
+
+def test_clip_mean_removes_each_clips_gain_per_mel_bin():
+    """With clip_mean a fixed gain per mel bin (a level or a filter: a constant in the log
+    domain) changes nothing; the mean is over the whole clip even when the input is a cut
+    or a window of it; padding is 0; the setting travels with a model's statistics."""
+    from pipeline.batches import to_windows
+    from pipeline.normalization import choose_normalization
+
+    table, mats = rows([6, 3], F=4)
+    gain = np.array([1.0, -2.0, 0.5, 3.0], np.float16)
+    shifted = pa.table(
+        {
+            "fbank": pa.array([(m + gain).reshape(-1) for m in mats], pa.list_(pa.float16())),
+            "num_frames": table.column("num_frames"),
+            "num_mel_bins": table.column("num_mel_bins"),
+        }
+    )
+    norm = Normalization(mean=-4.0, std=2.0, clip_mean=True)
+    out = to_model_input(table, 4, norm)
+    np.testing.assert_allclose(to_model_input(shifted, 4, norm), out, atol=2e-3)  # float16
+    clip0 = mats[0].astype(np.float32)  # 6 frames, cut to 4: the mean is of all 6
+    np.testing.assert_allclose(out[0], (clip0[:4] - clip0.mean(axis=0)) / 4.0, rtol=1e-5)
+    np.testing.assert_array_equal(out[1, 3:], 0.0)
+    assert norm.fill == 0.0
+    windows = to_windows(table, 4, 2, norm)  # clip 0: windows at 0 and 2
+    np.testing.assert_allclose(windows.fbank[1], (clip0[2:6] - clip0.mean(axis=0)) / 4.0, rtol=1e-5)
+    plain = to_model_input(table, 4, Normalization(mean=-4.0, std=2.0))
+    assert not np.allclose(to_model_input(shifted, 4, Normalization(-4.0, 2.0)), plain)
+
+    assert Normalization.from_dict(norm.to_dict()) == norm
+    assert Normalization.from_dict({"mean": 1.0, "std": 2.0}).clip_mean is False  # older files
+    assert choose_normalization("audioset", model=norm).clip_mean  # how the model reads input
