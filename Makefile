@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Bigger: make demo DEMO_ARGS="--clips 700 --trials 8 --pretrain train.max_steps=400"
+# The full small-data recipe: make demo DEMO_ARGS="--suite-scale 1 --pretrain train.max_steps=1000"
 demo: $(STAMP)
 	$(PY) -m jobs.demo --output $(DEMO_DIR) $(DEMO_ARGS)
 

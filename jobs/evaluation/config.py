@@ -29,6 +29,8 @@ class BenchmarkConfig:
     finetune_config: str = "jobs/configs/finetune_small.yaml"
     """The fine-tuning recipe (a jobs/finetune.py config; relative paths from the project
     root). The same recipe for every encoder, scratch included."""
+    finetune_overrides: tuple[str, ...] = ()
+    """Dotted overrides of that recipe, e.g. [train.max_epochs=10]."""
     num_seeds: int = 3
     """Runs of every stochastic method (fine-tuning; a scratch encoder's random weights);
     deterministic ones (the baseline, a probe on a trained encoder) run once."""

@@ -113,7 +113,10 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
             continue
         target = f"{output}/features/{name}"
         if not exists(f"{target}/dataset.json"):
-            featurize(spec["manifest"], target, FeaturizeConfig(features=features))
+            # A labelled clip is one example: never cut into segments (an encoder
+            # pretrained on segments reads whole clips made with its frame settings).
+            whole = dataclasses.replace(features, segment_s=None)
+            featurize(spec["manifest"], target, FeaturizeConfig(features=whole))
         out[name] = target
     return out
 
@@ -146,7 +149,8 @@ def finetune_recipe(cfg: BenchmarkConfig):
     if "finetune" not in cfg.methods:
         return None
     path = Path(cfg.finetune_config)
-    return load_config(FinetuneConfig, path if path.is_absolute() else ROOT / path, [])
+    path = path if path.is_absolute() else ROOT / path
+    return load_config(FinetuneConfig, path, list(cfg.finetune_overrides))
 
 
 def run_benchmark(
