@@ -31,7 +31,7 @@ def fixed_length(
     Vectorised over the batch: one scatter from the flat value buffer, no per-row loop.
     """
     frames = np.asarray(num_frames, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])  # first frame of each row
+    starts = np.cumsum(frames) - frames  # first frame of each row
     return _gather(column, num_mel_bins, starts, np.minimum(frames, target_frames), target_frames)
 
 
@@ -85,7 +85,7 @@ def to_windows(batch: pa.Table, target_frames: int, hop: int, norm: Normalizatio
         raise ValueError(f"hop must be >= 1 frame, got {hop}")
     F = int(batch.column("num_mel_bins")[0].as_py()) if batch.num_rows else 128
     frames = batch.column("num_frames").to_numpy().astype(np.int64)
-    row_first = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    row_first = np.cumsum(frames) - frames
     per_row = [window_starts(m, target_frames, hop) for m in frames]
     row = np.repeat(np.arange(frames.size), [len(s) for s in per_row])
     start = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.batches import fixed_length, to_model_input
+from pipeline.batches import fixed_length, to_model_input, to_windows
 from pipeline.normalization import Normalization
 
 
@@ -29,6 +29,14 @@ def test_fixed_length_pads_at_the_end_and_keeps_the_first_frames():
         n = min(len(m), 4)
         want[:n] = m[:n]
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_empty_batch_gives_empty_input_and_windows():
+    """A batch whose rows all failed upstream (zero rows) is an empty array, not an error."""
+    table, _ = rows([])
+    norm = Normalization(0.0, 1.0)
+    assert to_model_input(table, 4, norm).shape == (0, 4, 128)
+    assert to_windows(table, 4, 2, norm).fbank.shape == (0, 4, 128)
 
 
 def test_normalisation_matches_the_original_formula():
