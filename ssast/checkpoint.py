@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -219,12 +220,60 @@ def load_checkpoint(
 def _read(source) -> dict[str, Any]:
     if isinstance(source, Mapping):
         return dict(source)
-    if not os.path.exists(source):
-        raise ValueError(f"checkpoint {source} does not exist")
-    obj = torch.load(source, map_location="cpu", weights_only=True)
+    return read_checkpoint(source)
+
+
+def read_checkpoint(source: str | os.PathLike | IO[bytes], name: str | None = None) -> dict:
+    """The dict a checkpoint file holds, read with ``torch.load(weights_only=True)``.
+
+    ``source`` is a path or an open binary file (``name`` names it in messages).
+
+    Raises:
+        ValueError: naming the file and what it found: missing, not a regular file, empty,
+            truncated or not a torch file, pickled objects that need code to run (refused:
+            only tensors and plain Python values are read), or something other than a dict.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = name or os.fspath(source)
+        if not os.path.exists(source):
+            raise ValueError(f"checkpoint {name} does not exist")
+        if not os.path.isfile(source):
+            raise ValueError(f"checkpoint {name} is not a regular file")
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"checkpoint {name} is empty (0 bytes): not a checkpoint")
+    elif not hasattr(source, "read"):
+        raise TypeError(f"a checkpoint is a path or a binary file, got {type(source).__name__}")
+    name = name or getattr(source, "name", None) or "checkpoint"
+    if not isinstance(source, (str, os.PathLike)) and source.seekable():
+        here = source.tell()
+        if source.seek(0, os.SEEK_END) == here:
+            raise ValueError(f"checkpoint {name} is empty (0 bytes): not a checkpoint")
+        source.seek(here)
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False: never pass that on.
+        raise ValueError(
+            f"checkpoint {name} refused: it holds pickled objects that need code to run to "
+            f"load ({_pickle_reason(exc)}); only tensors and plain Python values are read. "
+            "Re-save the model's state dict (torch.save(model.state_dict(), path)) where "
+            "its source is trusted"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        first = re.split(r"(?<=\.)\s|\n", str(exc).strip(), maxsplit=1)[0][:160]
+        raise ValueError(
+            f"checkpoint {name} is truncated or not a torch checkpoint "
+            f"({type(exc).__name__}: {first or 'no data'})"
+        ) from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source} holds a {type(obj).__name__}, expected a state dict")
+        raise ValueError(f"checkpoint {name} holds a {type(obj).__name__}, expected a dict")
     return dict(obj)
+
+
+def _pickle_reason(exc: Exception) -> str:
+    """The offending global from torch's weights-only message, without its advice."""
+    found = re.search(r"(GLOBAL [\w.]+|operand \d+)", str(exc))
+    return found.group(1) if found else "an object outside the weights-only allow-list"
 
 
 def _strip_prefix(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ from torch import nn
 
 from pipeline.features import FbankExtractor, FeatureConfig, prepare_waveform
 from pipeline.normalization import Normalization, check_choice, choose_normalization
-from ssast.checkpoint import FORMAT, _read, load_checkpoint
+from ssast.checkpoint import FORMAT, load_checkpoint, read_checkpoint
 from ssast.config import SSASTConfig
 from ssast.encoder import SpectrogramEncoder
 
@@ -139,7 +139,7 @@ def load_model(
             normalization, model=Normalization.preset(RELEASED_NORMALIZATION)
         )
         return HearModel(encoder, DEFAULT_CONFIG, FeatureConfig(), norm, batch_size).eval()
-    payload = _read(model_file_path)
+    payload = read_checkpoint(model_file_path)
     try:
         model = load_checkpoint(payload)
     except ValueError as err:  # it names "state dict": name the file instead

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
-import torch
 
 from pipeline.features import FeatureConfig
 from pipeline.labels import LabelSet
 from pipeline.normalization import Normalization
 from pipeline.schema import feature_diff
 from ssast import SSAST, SSASTClassifier, load_checkpoint
-from ssast.checkpoint import checkpoint_payload
+from ssast.checkpoint import checkpoint_payload, read_checkpoint
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 CHECKPOINT_NAMES = ("final/ssast.pt", "ssast.pt", "model.pt")
@@ -144,19 +143,5 @@ def _find_checkpoint(local: Path, uri: str):
 
 
 def _load(source, ref: str | None = None) -> dict[str, Any]:
-    try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise ValueError(
-            f"model {ref or source}: not a readable checkpoint "
-            f"({type(exc).__name__}: {_first_line(exc) or 'empty or truncated file'})"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise ValueError(
-            f"model {ref or source} holds a {type(obj).__name__}, expected a checkpoint dict"
-        )
-    return obj
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().split("\n", 1)[0][:200]
+    """A model's checkpoint dict; a file object is named by the model's reference."""
+    return read_checkpoint(source, name=None if isinstance(source, (str, Path)) else ref)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.storage import read_json, remove, write_json
+from ssast.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -113,4 +114,4 @@ def restore() -> dict[str, Any] | None:
 
 def load_state(directory: str) -> dict[str, Any]:
     """``state.pt`` of a checkpoint directory, weights only."""
-    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+    return read_checkpoint(os.path.join(directory, STATE_FILE))

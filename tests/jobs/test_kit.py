@@ -131,7 +131,7 @@ def test_bad_model_references_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="a directory without final/ssast.pt"):
         read_model(str(tmp_path / "empty"))
     (tmp_path / "zero.pt").write_bytes(b"")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="zero.pt is empty"):
         read_model(str(tmp_path / "zero.pt"))
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="holds a list"):

@@ -1,5 +1,7 @@
 """Checkpoints: the released SSAST layout, our format, positional-embedding adaptation."""
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from ssast import (
     load_original_classifier,
     save_checkpoint,
 )
+from ssast.checkpoint import read_checkpoint
 
 
 def released_layout(
@@ -202,14 +205,45 @@ def test_mismatches_are_clear_value_errors(mutate, message):
         load_original_checkpoint(sd)
 
 
-def test_checkpoints_are_loaded_with_weights_only(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
 
-    torch.save({"module.x": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="[Ww]eights only"):
-        load_original_checkpoint(tmp_path / "evil.pth")
+
+def _truncated(path):
+    torch.save({"a": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: torch.save({"module.x": _Evil()}, p), "refused: .*GLOBAL print"),
+        (lambda p: p.write_bytes(pickle.dumps({"x": _Evil()})), "refused: .*need code to run"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (_truncated, "truncated or not a torch checkpoint"),
+        (lambda p: p.write_text("hello"), "truncated or not a torch checkpoint"),
+        (lambda p: torch.save([1, 2], p), "holds a list, expected a dict"),
+        (lambda p: p.mkdir(), "not a regular file"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_bad_checkpoint_files_are_named_errors_and_pickles_never_run(
+    tmp_path, capsys, make, message
+):
+    """Every loader reads with weights_only=True; what a bad file holds is said, with the
+    file's name, and never the advice to switch the safety off."""
+    path = tmp_path / "model.pth"
+    make(path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_original_checkpoint(path)
+    assert "model.pth" in str(err.value) and "weights_only" not in str(err.value)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_is_a_path_or_a_file():
+    with pytest.raises(TypeError, match="path or a binary file, got list"):
+        read_checkpoint(["model.pth"])
 
 
 # ---------------------------------------------------------- positional embedding
