@@ -11,11 +11,16 @@ import soundfile as sf
 
 REASONS = {
     "missing": "the file does not exist or could not be fetched",
+    "not_a_file": "the path is not a regular file (a directory, FIFO or device)",
+    "too_large": "the file is larger than max_file_mb (raise it to read such files)",
+    "unsupported_scheme": "no filesystem for the URI's scheme (unknown, or its package, "
+    "e.g. gcsfs for gs://, is not installed)",
     "empty_file": "the file has 0 bytes",
     "unreadable": "libsndfile cannot decode it (unknown format, truncated, corrupt)",
     "zero_sample_rate": "the header declares a sample rate of 0",
     "no_samples": "it decodes to 0 samples",
     "non_finite": "it contains NaN or infinite samples",
+    "non_finite_features": "its features are not finite (e.g. samples far outside [-1, 1])",
     "bad_segment": "the manifest's start_s/end_s lie outside the audio",
     "internal": "an unexpected error while featurizing (see detail)",
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -32,30 +34,63 @@ def extractor_for(cfg: FeatureConfig) -> FbankExtractor:
     return _EXTRACTORS[cfg]
 
 
-def fetch(uris: Sequence[str]) -> list[bytes | str]:
-    """Read every URI; an unreadable one gives its error message (str) instead of bytes.
+MAX_FILE_MB = 2048.0
+"""Default cap on one input file's size: a larger file is a ``too_large`` error row."""
 
-    Remote URIs of one filesystem are fetched concurrently (fsspec ``cat``).
+
+def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes | AudioError]:
+    """Read every URI; an unreadable one gives an :class:`AudioError` instead of bytes.
+
+    Only regular files are read (a FIFO or device is ``not_a_file``), at most
+    ``max_file_mb`` each (``too_large`` beyond). An unknown scheme or one whose fsspec
+    package is missing is ``unsupported_scheme`` for its rows only. Remote URIs of one
+    filesystem are fetched concurrently (fsspec ``cat``).
     """
-    out: list[bytes | str] = [""] * len(uris)
+    limit = int(max_file_mb * 2**20)
+    out: list[bytes | AudioError] = [AudioError("missing", "not fetched")] * len(uris)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, uri in enumerate(uris):
-        groups[uri.split("://", 1)[0] if "://" in uri else "file"].append(i)
+        groups[uri.split("://", 1)[0].lower() if "://" in uri else "file"].append(i)
     for protocol, idx in groups.items():
-        fs = fsspec.filesystem(protocol)
-        if protocol == "file":
+        if protocol in ("file", "local"):
             for i in idx:
-                try:
-                    with open(uris[i], "rb") as f:
-                        out[i] = f.read()
-                except OSError as err:
-                    out[i] = f"{type(err).__name__}: {err.strerror or err}"
+                out[i] = _read_local(uris[i].split("://", 1)[-1], limit)
             continue
-        got = fs.cat([uris[i] for i in idx], on_error="return")  # keys lose the protocol
+        try:
+            fs = fsspec.filesystem(protocol)
+            # One byte more than the cap tells a file at the cap from a larger one.
+            got = fs.cat([uris[i] for i in idx], on_error="return", end=limit + 1)
+        except Exception as err:  # noqa: BLE001 - unknown scheme, missing package, auth
+            reason = (
+                "unsupported_scheme" if isinstance(err, (ValueError, ImportError)) else "missing"
+            )
+            for i in idx:
+                out[i] = AudioError(reason, f"{protocol}://: {type(err).__name__}: {err}")
+            continue
         for i in idx:
             value = got.get(uris[i], got.get(fsspec.core.strip_protocol(uris[i])))
-            out[i] = value if isinstance(value, bytes) else f"{type(value).__name__}: {value}"
+            if not isinstance(value, bytes):
+                out[i] = AudioError("missing", f"{type(value).__name__}: {value}")
+            elif len(value) > limit:
+                out[i] = AudioError("too_large", f"over {max_file_mb:g} MB")
+            else:
+                out[i] = value
     return out
+
+
+def _read_local(path: str, limit: int) -> bytes | AudioError:
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return AudioError("not_a_file", f"{path} is not a regular file")
+        if info.st_size > limit:
+            return AudioError("too_large", f"{info.st_size / 2**20:.0f} MB > {limit / 2**20:g} MB")
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        return AudioError(
+            "missing", f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+        )
 
 
 def clip_id(uri: str, start_s: float, end_s: float) -> str:
@@ -64,7 +99,9 @@ def clip_id(uri: str, start_s: float, end_s: float) -> str:
     return hashlib.sha1(key).hexdigest()[:20]
 
 
-def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Table]:
+def featurize_table(
+    rows: pa.Table, cfg: FeatureConfig, max_file_mb: float = MAX_FILE_MB
+) -> tuple[pa.Table, pa.Table]:
     """Featurize manifest rows (as :func:`pipeline.manifest.read_manifest` returns them).
 
     Never raises for a bad clip: each one becomes an error row with its reason.
@@ -76,13 +113,13 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
     uris = rows.column("uri").to_pylist()
     starts = _optional(rows, "start_s")
     ends = _optional(rows, "end_s")
-    payloads = fetch(uris)
+    payloads = fetch(uris, max_file_mb)
 
     take, meta, waves, errors = [], defaultdict(list), [], defaultdict(list)
     for i, (uri, payload) in enumerate(zip(uris, payloads, strict=True)):
         try:
-            if isinstance(payload, str):
-                raise AudioError("missing", payload)
+            if isinstance(payload, AudioError):
+                raise payload
             samples, rate = decode(payload)
             for k, (a, b) in enumerate(_segments(samples.shape[0], rate, starts[i], ends[i], cfg)):
                 wave = prepare_waveform(samples[int(a * rate) : int(b * rate)], rate, cfg)
@@ -102,6 +139,15 @@ def featurize_table(rows: pa.Table, cfg: FeatureConfig) -> tuple[pa.Table, pa.Ta
             _add_error(errors, rows, i, "internal", f"{type(err).__name__}: {err}")
 
     fbanks = extractor_for(cfg)(waves, half=True) if waves else []
+    # Finite samples can still overflow the fbank (float16 storage, huge amplitudes).
+    finite = [bool(np.isfinite(f).all()) for f in fbanks]
+    for k in np.flatnonzero(~np.array(finite, bool)):
+        detail = f"segment {meta['segment_index'][k]}: {int((~np.isfinite(fbanks[k])).sum())}"
+        _add_error(errors, rows, take[k], "non_finite_features", f"{detail} non-finite values")
+    if not all(finite):
+        keep = np.flatnonzero(finite)
+        take, fbanks = [take[k] for k in keep], [fbanks[k] for k in keep]
+        meta = {c: [v[k] for k in keep] for c, v in meta.items()}
     features = _feature_table(
         rows.select(carried).take(pa.array(take, pa.int64())), meta, fbanks, cfg
     )

@@ -23,7 +23,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from pipeline.clips import featurize_rows, featurize_table
+from pipeline.clips import MAX_FILE_MB, featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest
 from pipeline.schema import SCHEMA_VERSION, shard_metadata
@@ -46,6 +46,8 @@ class FeaturizeConfig:
     """CPUs reserved per shard task."""
     limit: int | None = None
     """Featurize only the first N manifest rows (smoke runs)."""
+    max_file_mb: float = MAX_FILE_MB
+    """Largest input file read; a larger one is a too_large error row."""
 
     def __post_init__(self) -> None:
         if self.clips_per_shard < 1:
@@ -54,6 +56,8 @@ class FeaturizeConfig:
             raise ValueError(f"max_error_fraction must be in [0, 1], got {self.max_error_fraction}")
         if self.num_cpus_per_task <= 0:
             raise ValueError(f"num_cpus_per_task must be > 0, got {self.num_cpus_per_task}")
+        if not self.max_file_mb > 0:
+            raise ValueError(f"max_file_mb must be > 0, got {self.max_file_mb}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
 
@@ -184,7 +188,7 @@ def _process_shards(
     done = []
     for k in batch["shard"].tolist():
         rows = manifest.slice(k * cfg.clips_per_shard, cfg.clips_per_shard)
-        features, errors = featurize_table(rows, cfg.features)
+        features, errors = featurize_table(rows, cfg.features, cfg.max_file_mb)
         name = f"part-{k:06d}"
         meta = shard_metadata(cfg.features)
         write_parquet(features.replace_schema_metadata(meta), f"{root}/features/{name}.parquet")

@@ -38,6 +38,7 @@ Error columns: path, uri, reason (see :data:`pipeline.audio.REASONS`), detail.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import fsspec
@@ -126,6 +127,17 @@ def load_dataset_info(root: str, expected: FeatureConfig | None = None) -> Datas
         )
     cfg = FeatureConfig.from_dict(raw["feature_config"])
     check_feature_config(cfg, expected, where=path)
+    stats = {k: raw.get(k) for k in ("mean", "std")}
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats.values()):
+        bad = stats
+    else:
+        bad = {} if stats["std"] > 0 else stats
+    if bad:
+        raise ValueError(
+            f"{path}: statistics {bad} are not usable (not finite, or "
+            "std <= 0): some stored features are not finite; featurize the input again "
+            "into a new directory (non-finite clips then become error rows)"
+        )
     return DatasetInfo(
         root=root,
         feature_config=cfg,

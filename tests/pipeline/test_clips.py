@@ -1,5 +1,7 @@
 """Manifest rows to feature and error rows: every broken-file class, segments, carried columns."""
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -76,3 +78,41 @@ def test_segments_from_manifest_and_fixed_cutting(tmp_path):
     merge = FeatureConfig(segment_s=3.0, min_segment_s=2.0)
     feats, _ = featurize_table(read_manifest(str(tmp_path / "m.csv")).slice(0, 1), merge)
     assert feats.column("duration_s").to_pylist() == pytest.approx([3.0, 4.5])
+
+
+def test_special_paths_schemes_and_overflow_are_error_rows_of_their_own(tmp_path):
+    """A FIFO, a device, a directory, a file over the cap, unknown and uninstalled URI
+    schemes and samples that overflow the fbank are each an error row; the good clip
+    beside them (given as file://) is featurized."""
+    good, huge, big = tmp_path / "good.wav", tmp_path / "huge.wav", tmp_path / "big.wav"
+    _wav(good, 0.5)
+    loud = np.random.default_rng(0).standard_normal(8000) * 1e30
+    sf.write(huge, loud.astype(np.float32), 16000, subtype="FLOAT")
+    _wav(big, 20.0)  # 640 kB
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)  # reading it would block forever
+    uris = [
+        f"file://{good}",
+        str(fifo),
+        "/dev/zero",
+        str(tmp_path),
+        str(big),
+        f"foo://{good}",
+        "gs://bucket/a.wav",
+        str(huge),
+    ]
+    rows = pa.table({"path": uris, "uri": uris})
+    features, errors = featurize_table(rows, FeatureConfig(), max_file_mb=0.5)
+    assert features.column("path").to_pylist() == [f"file://{good}"]
+    got = dict(
+        zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist(), strict=True)
+    )
+    assert got == {
+        str(fifo): "not_a_file",
+        "/dev/zero": "not_a_file",
+        str(tmp_path): "not_a_file",
+        str(big): "too_large",
+        f"foo://{good}": "unsupported_scheme",
+        "gs://bucket/a.wav": "unsupported_scheme",
+        str(huge): "non_finite_features",
+    }

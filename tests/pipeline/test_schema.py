@@ -40,3 +40,10 @@ def test_other_feature_config_is_refused_naming_the_field(tmp_path):
     write_info(tmp_path, feature_config=FeatureConfig(frame_shift_ms=20.0).to_dict())
     with pytest.raises(ValueError, match="frame_shift_ms: dataset 20.0 vs expected 10.0"):
         load_dataset_info(str(tmp_path), expected=FeatureConfig())
+
+
+@pytest.mark.parametrize("stats", [{"mean": float("nan")}, {"std": float("inf")}, {"std": 0.0}])
+def test_statistics_that_are_not_finite_are_refused(tmp_path, stats):
+    write_info(tmp_path, **stats)  # json writes NaN / Infinity, and reads them back
+    with pytest.raises(ValueError, match="statistics .* are not usable"):
+        load_dataset_info(str(tmp_path))
