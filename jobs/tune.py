@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.init:
         args.overrides = [*args.overrides, f"init={args.init}"]
-    if args.num_samples:
+    if args.num_samples is not None:  # --num-samples 0 is refused by the config
         args.overrides = [*args.overrides, f"tune.num_samples={args.num_samples}"]
     setup_logging()
     cfg = resolve_config(TuneJobConfig, args)

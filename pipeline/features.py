@@ -72,6 +72,21 @@ class FeatureConfig:
             raise ValueError(
                 f"resample_quality must be a soxr preset, got {self.resample_quality!r}"
             )
+        if self.window_samples < 1 or self.shift_samples < 1:
+            raise ValueError(
+                f"frame_length_ms / frame_shift_ms must span at least one sample at "
+                f"{self.sample_rate_hz} Hz, got {self.frame_length_ms} / {self.frame_shift_ms}"
+            )
+        nyquist = self.sample_rate_hz / 2
+        high = self.high_freq_hz if self.high_freq_hz > 0 else nyquist + self.high_freq_hz
+        if not 0 <= self.low_freq_hz < high <= nyquist:
+            raise ValueError(
+                f"need 0 <= low_freq_hz < high edge <= Nyquist ({nyquist:g} Hz at "
+                f"sample_rate_hz {self.sample_rate_hz}), got low_freq_hz {self.low_freq_hz}, "
+                f"high_freq_hz {self.high_freq_hz} (high edge {high:g})"
+            )
+        if not 0 <= self.preemphasis <= 1:
+            raise ValueError(f"preemphasis must be in [0, 1], got {self.preemphasis}")
         if self.segment_s is not None and self.segment_s <= self.frame_length_ms / 1000:
             raise ValueError(f"segment_s must exceed one frame, got {self.segment_s}")
 

@@ -57,3 +57,46 @@ def test_configuration_reference_is_current():
         for key, _, _, meaning in config_reference.rows(cls()):
             assert meaning, f"{cls.__name__}.{key} has no docstring"
             assert f"| `{key}` |" in text
+
+
+@pytest.mark.parametrize(
+    "cls, override, message",
+    [
+        (PretrainConfig, "optim.lr=nan", "optim.lr must be a finite number, got nan"),
+        (PretrainConfig, "optim.betas=[0.9]", "optim.betas must be a list of 2"),
+        (PretrainConfig, "optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        (PretrainConfig, "scaling.cpus_per_worker=0", "scaling.cpus_per_worker must be > 0"),
+        (PretrainConfig, "scaling.max_failures=-5", "scaling.max_failures must be >= 0"),
+        (PretrainConfig, "data.limit=0", "data.limit must be >= 1"),
+        (PretrainConfig, "model.num_masked=10000", "model.num_masked must be in \\[1, 512\\)"),
+        (FinetuneConfig, "model.patch_stride=[0,10]", "model.patch_stride must be >= 1"),
+        (FeaturizeConfig, "features.low_freq_hz=9000", "features: need 0 <= low_freq_hz"),
+        (FeaturizeConfig, "features.frame_length_ms=0.01", "features: need 0 < frame_shift"),
+        (FeaturizeConfig, "features.preemphasis=2", "features.preemphasis must be in"),
+    ],
+)
+def test_invalid_values_are_refused_at_load_naming_the_key(cls, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(cls, None, [override])
+
+
+def test_an_alias_bomb_is_not_expanded_in_the_message(tmp_path):
+    """9 levels of 9 aliases: 9**9 strings if the message expanded them."""
+    refs = ", ".join(["*{p}"] * 9)
+    levels = ["&a [" + ", ".join(["x"] * 9) + "]"]
+    levels += [f"&{c} [{refs.format(p=p)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("limit:\n" + "".join(f"  - {v}\n" for v in levels))
+    with pytest.raises(ValueError, match="limit must be int") as err:
+        load_config(FeaturizeConfig, path)
+    assert len(str(err.value)) < 500
+
+
+def test_the_cli_prints_a_bad_config_as_one_line_and_exits_2(capsys):
+    from jobs import featurize
+
+    with pytest.raises(SystemExit) as stop:
+        featurize.main(["--input", "x", "--output", "y", "features.preemphasis=2"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "preemphasis" in err

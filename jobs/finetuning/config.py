@@ -48,6 +48,8 @@ class FtModelSection:
     def __post_init__(self) -> None:
         if self.input_tdim != "auto":
             check_length(self.input_tdim)
+        if self.patch_stride is not None and not all(v >= 1 for v in self.patch_stride):
+            raise ValueError(f"model.patch_stride must be >= 1, got {list(self.patch_stride)}")
         self.adapter_config()  # validates adapter_rank
 
     def adapter_config(self) -> AdapterConfig:
@@ -105,6 +107,8 @@ class FtDataSection:
             raise ValueError(
                 "data.normalization=model is not a fine-tuning choice: use 'dataset' or a preset"
             )
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,13 +31,22 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    ap.add_argument("--debug", action="store_true", help="tracebacks for configuration errors")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. clips_per_shard=64")
     return ap
 
 
 def resolve_config(cls, args: argparse.Namespace):
-    """Load the config; print it and exit when --print-config."""
-    cfg = load_config(cls, args.config, args.overrides)
+    """Load the config; print it and exit when --print-config. A bad config is one line
+    on stderr (``error: ...``) and exit status 2, the traceback only with --debug."""
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as err:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(err).split())  # one line
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         raise SystemExit(0)

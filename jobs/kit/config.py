@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,7 +61,14 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config", prefix: s
                 f"(valid: {', '.join(prefix + f for f in fields)})"
             )
         kwargs[key] = _convert(hints[key], value, f"{prefix}{key}", where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # a __post_init__ check: name the section
+        message = str(err)
+        if prefix and not message.startswith(prefix):
+            named = message.split(" ", 1)[0] in {f.name for f in dataclasses.fields(cls)}
+            message = prefix + message if named else f"{prefix[:-1]}: {message}"
+        raise ValueError(f"{where}: {message}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -98,7 +106,7 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: {key} must be a section (mapping), got {value!r}")
+            raise ValueError(f"{where}: {key} must be a section (mapping), got {_show(value)}")
         return build(tp, value, where, prefix=f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -107,29 +115,50 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
         return _convert(inner[0], value, key, where) if len(inner) == 1 else value
     if origin is typing.Literal:
         if value not in args:
-            raise ValueError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
+            raise ValueError(f"{where}: {key} must be one of {list(args)}, got {_show(value)}")
         return value
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: {key} must be a mapping, got {value!r}")
+            raise ValueError(f"{where}: {key} must be a mapping, got {_show(value)}")
         return dict(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+            raise ValueError(f"{where}: {key} must be a list, got {_show(value)}")
+        if args and args[-1] is not Ellipsis:  # fixed arity, e.g. tuple[float, float]
+            if len(value) != len(args):
+                raise ValueError(
+                    f"{where}: {key} must be a list of {len(args)}, got {_show(value)}"
+                )
+            return tuple(_convert(a, v, key, where) for a, v in zip(args, value, strict=True))
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, key, where) for v in value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {key} must be a finite number, got {_show(value)}")
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where}: {key} must be {tp.__name__}, got {value!r}")
+        raise ValueError(f"{where}: {key} must be {tp.__name__}, got {_show(value)}")
     if tp is int and isinstance(value, bool):
-        raise ValueError(f"{where}: {key} must be int, got {value!r}")
+        raise ValueError(f"{where}: {key} must be int, got {_show(value)}")
     return value
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 60, 60
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for messages: a YAML alias bomb is not expanded."""
+    return _SHOW.repr(value)
 
 
 def check_length(value: int | str) -> int:
@@ -139,7 +168,7 @@ def check_length(value: int | str) -> int:
         raise ValueError("model.input_tdim=auto must be resolved from the data first")
     if isinstance(value, bool) or not isinstance(value, int) or value < 16:
         raise ValueError(
-            f"model.input_tdim must be 'auto' or a number of frames >= 16, got {value!r}"
+            f"model.input_tdim must be 'auto' or a number of frames >= 16, got {_show(value)}"
         )
     return value
 
@@ -166,6 +195,15 @@ class ScalingSection:
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            raise ValueError(
+                f"scaling.max_failures must be >= 0 (or -1: retry forever), got {self.max_failures}"
+            )
+        bad = {k: v for k, v in self.worker_resources.items() if not _positive(v)}
+        if bad:
+            raise ValueError(f"scaling.worker_resources must be > 0, got {_show(bad)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,10 +240,16 @@ class OptimSection:
     """Micro-batches per optimizer step."""
 
     def __post_init__(self) -> None:
-        if self.lr is not None and (
-            not (math.isfinite(self.lr) or self.lr == math.inf) or self.lr <= 0
-        ):
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lr is not None and not _positive(self.lr):
+            raise ValueError(f"optim.lr must be > 0 and finite, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.min_lr >= 0:
+            raise ValueError(f"optim.min_lr must be >= 0, got {self.min_lr}")
+        if self.grad_clip_norm is not None and not _positive(self.grad_clip_norm):
+            raise ValueError(f"optim.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm}")
         if self.accumulate < 1:
             raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
         if self.warmup_steps < 0:

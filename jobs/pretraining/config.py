@@ -36,6 +36,15 @@ class ModelSection:
             check_length(self.input_tdim)
         if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
             raise ValueError(f"model.mask_ratio must be in (0, 1) or null, got {self.mask_ratio}")
+        if self.mask_ratio is None and self.input_tdim != "auto":
+            f, t = GEOMETRIES[self.geometry]
+            patches = (128 // f) * (self.input_tdim // t)  # 128 mel bins; others checked at build
+            if not 1 <= self.num_masked < patches:
+                raise ValueError(
+                    f"model.num_masked must be in [1, {patches}) for {patches} patches "
+                    f"(input_tdim {self.input_tdim}, {self.geometry}), got {self.num_masked}; "
+                    "or set model.mask_ratio"
+                )
 
     def masked(self, input_fdim: int) -> int:
         """M for this input: num_masked, or mask_ratio of the patches (at least 1)."""
@@ -86,6 +95,8 @@ class DataSection:
             )
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}")
 
 
 @dataclass(frozen=True, kw_only=True)
