@@ -13,6 +13,7 @@ Dataset statistics are sums over the markers, so resuming never rereads features
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -141,33 +142,51 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
 def _claim_output(
     root: str, source: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
 ) -> None:
-    """Record what this output holds; refuse to mix two different runs in one directory."""
-    digest = hashlib.sha1()
-    for col in ("uri", "start_s", "end_s"):
-        if col in manifest.column_names:
-            digest.update("\n".join(map(str, manifest.column(col).to_pylist())).encode())
+    """Record what this output holds; refuse to mix two different runs in one directory.
+
+    The run is the feature config, the sharding and every manifest column (a changed
+    label or split is another run, named in the refusal)."""
+    columns = {
+        c: _column_sha1(manifest.column(c)) for c in manifest.column_names if c != "row_index"
+    }
     job = {
         "schema_version": SCHEMA_VERSION,
         "feature_config": cfg.features.to_dict(),
         "input": source,
-        "input_sha1": digest.hexdigest(),
+        "input_sha1": hashlib.sha1(json.dumps(columns, sort_keys=True).encode()).hexdigest(),
+        "input_columns_sha1": columns,
         "num_inputs": manifest.num_rows,
         "clips_per_shard": cfg.clips_per_shard,
         "num_shards": num_shards,
     }
     previous = read_json(f"{root}/_job.json")
     if previous is not None:
-        keys = ("schema_version", "feature_config", "input_sha1", "clips_per_shard")
+        keys = ("schema_version", "feature_config", "num_inputs", "clips_per_shard")
         diff = [k for k in keys if previous.get(k) != job[k]]
+        before = previous.get("input_columns_sha1", columns)  # older runs: not recorded
+        changed = sorted(
+            c for c in before.keys() | columns.keys() if before.get(c) != columns.get(c)
+        )
+        if changed:
+            diff.append(f"manifest columns {changed}")
         if diff:
             raise ValueError(
-                f"{root} already holds features of a different run (differs in {diff}); "
-                "use a new --output, or delete it to start over"
+                f"{root} already holds features of a different run (differs in "
+                f"{', '.join(diff)}); use a new --output, or delete it to start over"
             )
         return
     fs, p = fsspec.core.url_to_fs(root)
     fs.makedirs(p, exist_ok=True)
     write_json(f"{root}/_job.json", job)
+
+
+def _column_sha1(column: pa.ChunkedArray) -> str:
+    """sha1 of a column's values (its Arrow IPC bytes, independent of chunking)."""
+    sink = pa.BufferOutputStream()
+    table = pa.table({"c": column.combine_chunks()})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha1(sink.getvalue()).hexdigest()
 
 
 def _finished_shards(root: str) -> set[int]:

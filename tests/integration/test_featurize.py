@@ -1,5 +1,6 @@
 """The featurization job on a real local Ray: outputs, statistics, reruns, kills, S3."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -67,6 +68,15 @@ def test_rerun_is_idempotent_and_other_configs_are_refused(ray_session, sample_c
         featurize(str(manifest), out, other)
     with pytest.raises(ValueError, match="num_mel_bins"):
         load_dataset_info(out, expected=FeatureConfig(num_mel_bins=64))
+    # The same files with one label changed: another run, the column named.
+    with open(manifest, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[1][rows[0].index("label")] += "_renamed"
+    changed = Path(manifest).with_name("relabelled.csv")
+    with open(changed, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(ValueError, match=r"manifest columns \['label'\]"):
+        featurize(str(changed), out, FeaturizeConfig(clips_per_shard=8))
 
 
 def test_killed_job_reruns_to_completion_without_duplicates(ray_session, tmp_path):
