@@ -23,9 +23,14 @@ def split_label(value: Any, multilabel: bool, delimiter: str) -> list[str]:
     return [str(value)]
 
 
+def unlabelled(values: list, multilabel: bool, delimiter: str) -> int:
+    """Rows without a class (null or empty); an empty set is allowed with multilabel."""
+    return 0 if multilabel else sum(1 for v in values if not any(split_label(v, False, "")))
+
+
 def class_names(values: list, multilabel: bool, delimiter: str) -> list[str]:
     """The sorted set of class names in a label column."""
-    return sorted({n for v in values for n in split_label(v, multilabel, delimiter)})
+    return sorted({n for v in values for n in split_label(v, multilabel, delimiter) if n})
 
 
 def encode_labels(
@@ -34,12 +39,16 @@ def encode_labels(
     """Label column values -> (B, K) float32 multi-hot targets over ``names``.
 
     Raises:
-        ValueError: a value names a class that is not in ``names``.
+        ValueError: a value names a class that is not in ``names``, or a single-label row
+            has no label (it would otherwise be scored against no class).
     """
     index = {name: k for k, name in enumerate(names)}
     out = np.zeros((len(values), len(names)), np.float32)
     for i, value in enumerate(values):
-        for name in split_label(value, multilabel, delimiter):
+        found = split_label(value, multilabel, delimiter)
+        if not multilabel and not any(found):
+            raise ValueError(f"{column} is empty in a row: every row needs a class")
+        for name in found:
             if name not in index:
                 raise ValueError(
                     f"{column} value {name!r} is not one of the model's "

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from jobs.finetuning.config import FinetuneConfig
 from jobs.kit.datasets import read_rows, shard_files
-from pipeline.labels import LabelSet, class_names
+from pipeline.labels import LabelSet, class_names, unlabelled
 from pipeline.normalization import Normalization, choose_normalization
 from pipeline.schema import DatasetInfo
 
@@ -101,6 +101,14 @@ def read_task(info: DatasetInfo, cfg: FinetuneConfig) -> Task:
     values, splits = table.column(0).to_pylist(), table.column(1).to_pylist()
     counts = split_counts(splits, cfg)
     check_splits(counts, splits, cfg, info.root)
+    used = [v for v, s in zip(values, splits, strict=True) if s in counts]
+    missing = unlabelled(used, d.multilabel, d.label_delimiter)
+    if missing:
+        raise ValueError(
+            f"{info.root}: {missing} of the {len(used)} rows of splits {list(counts)} have no "
+            f"{d.label_column!r} value "
+            "(null or empty); label them, or drop them from the manifest and featurize again"
+        )
     try:
         labels = LabelSet(
             tuple(class_names(values, d.multilabel, d.label_delimiter)),

@@ -199,6 +199,15 @@ def test_read_task_counts_splits_names_classes_and_refuses_bad_data(tmp_path):
         read_task(info, load_config(FinetuneConfig, None, ["data.label_column=kind"]))
     with pytest.raises(ValueError, match="is not one of the model's 3 classes"):
         task.labels.encode(["cow"])
+    # A null or empty label is never class 0: refused with the count (rows of other
+    # splits, e.g. an unlabelled pool, do not count).
+    holes = write_dataset(tmp_path / "holes", [*labels, None, ""], [*splits, "train", "test"])
+    with pytest.raises(ValueError, match="2 of the 8 rows .* have no 'label' value"):
+        read_task(holes, FinetuneConfig())
+    pool = write_dataset(tmp_path / "pool", [*labels, None], [*splits, "pool"])
+    assert read_task(pool, FinetuneConfig()).rows == task.rows
+    with pytest.raises(ValueError, match="label is empty in a row"):
+        task.labels.encode(["cat", None])
 
 
 def test_auto_length_is_the_training_splits_95th_percentile_rounded_up_to_16(tmp_path, caplog):
