@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.clips import MAX_FILE_MB, featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
-from pipeline.manifest import read_manifest
+from pipeline.manifest import duplicate_rows, read_manifest
 from pipeline.schema import SCHEMA_VERSION, shard_metadata
 from pipeline.storage import read_json, write_json, write_parquet
 
@@ -89,6 +89,8 @@ class FeaturizeSummary:
         ]
         for reason, n in sorted(i["errors_by_reason"].items()):
             lines.append(f"  error      {reason}: {n}")
+        if i.get("num_duplicate_inputs"):
+            lines.append(f"  duplicate  {i['num_duplicate_inputs']} rows repeat an earlier clip")
         rate = self.shards_done_now and i["num_inputs"] / max(self.wall_s, 1e-9)
         lines.append(
             f"this run     {self.shards_done_now} shards in {self.wall_s:.1f} s"
@@ -112,6 +114,14 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
     if cfg.limit is not None:
         manifest = manifest.slice(0, cfg.limit)
     n = manifest.num_rows
+    duplicates = duplicate_rows(manifest)
+    if duplicates:
+        logger.warning(
+            "%s: %d rows repeat an earlier row (same file and segment); their clips are "
+            "featurized again under the same clip_id (counted in dataset.json)",
+            source,
+            duplicates,
+        )
     num_shards = -(-n // cfg.clips_per_shard)
     root = output.rstrip("/")
     _claim_output(root, source, manifest, cfg, num_shards)
@@ -269,6 +279,7 @@ def aggregate_stats(
         "schema_version": SCHEMA_VERSION,
         "feature_config": cfg.features.to_dict(),
         "num_inputs": manifest.num_rows,
+        "num_duplicate_inputs": duplicate_rows(manifest),
         "num_ok_inputs": manifest.num_rows - num_err,
         "num_errors": num_err,
         "errors_by_reason": dict(reasons),

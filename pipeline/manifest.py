@@ -8,6 +8,7 @@ column (``label``, ``split``, ...) is carried unchanged into the features table.
 from __future__ import annotations
 
 import csv
+import logging
 import posixpath
 
 import fsspec
@@ -33,6 +34,8 @@ RESERVED = (
     "row_index",
 )
 """Columns the pipeline writes; a manifest may not bring its own."""
+
+logger = logging.getLogger(__name__)
 
 
 def read_manifest(source: str) -> pa.Table:
@@ -77,7 +80,24 @@ def read_manifest(source: str) -> pa.Table:
     return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
 
 
+def duplicate_rows(manifest: pa.Table) -> int:
+    """Rows that repeat an earlier row's clip (same uri, start_s and end_s): each gives
+    the same clip_id, so the features hold the clip twice."""
+    keys = [c for c in ("uri", "start_s", "end_s") if c in manifest.column_names]
+    if manifest.num_rows == 0:
+        return 0
+    unique = manifest.select(keys).group_by(keys, use_threads=False).aggregate([]).num_rows
+    return manifest.num_rows - unique
+
+
 def _read_table(fs, path: str, source: str) -> pa.Table:
+    try:
+        return _parse_table(fs, path, source)
+    except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"manifest {source} cannot be parsed: {err}") from None
+
+
+def _parse_table(fs, path: str, source: str) -> pa.Table:
     lower = path.lower()
     with fs.open(path, "rb") as f:
         if lower.endswith(".csv"):
@@ -102,12 +122,30 @@ def _read_table(fs, path: str, source: str) -> pa.Table:
 def _list_audio(fs, root: str, source: str) -> pa.Table:
     pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**"
     found = sorted(p for p in fs.glob(pattern) if p.lower().endswith(AUDIO_EXTENSIONS))
+    named = [p for p in found if _is_utf8(p)]
+    if len(named) < len(found):  # undecodable names: not storable as text, listed in the log
+        bad = [p.encode("utf-8", "surrogateescape") for p in found if not _is_utf8(p)]
+        logger.warning(
+            "%s: skipping %d files whose names are not UTF-8 (rename them): %s",
+            source,
+            len(bad),
+            bad[:5],
+        )
+        found = named
     if not found:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
         found = [f"{protocol}://{p}" for p in found]
     return pa.table({"path": pa.array(found, pa.string())})
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _local_dir(path: str) -> str:

@@ -1,12 +1,13 @@
 """Manifest formats, path resolution and clear errors."""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import read_manifest
+from pipeline.manifest import duplicate_rows, read_manifest
 
 
 def test_csv_jsonl_parquet_and_directory_inputs_agree(tmp_path):
@@ -45,6 +46,8 @@ def test_csv_jsonl_parquet_and_directory_inputs_agree(tmp_path):
         ("file,label\nx.wav,1\n", "no 'path' column"),
         ("path,fbank\nx.wav,1\n", "reserved column"),
         ("path,label\n", "lists no files"),
+        ('path,label\n"x.wav,1\n', "m.csv cannot be parsed"),
+        ("path,label\nx.wav,1,2\n", "m.csv cannot be parsed"),
     ],
 )
 def test_bad_manifests_are_clear_errors(tmp_path, content, message):
@@ -60,3 +63,17 @@ def test_unknown_manifest_type_and_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no audio files"):
         read_manifest(str(tmp_path / "empty"))
+
+
+def test_names_that_are_not_utf8_are_skipped_and_the_rest_listed(tmp_path, caplog):
+    (tmp_path / "ok.wav").write_bytes(b"x")
+    with open(os.fsencode(tmp_path) + b"/caf\xe9.wav", "wb") as f:
+        f.write(b"x")
+    table = read_manifest(str(tmp_path))
+    assert table.column("path").to_pylist() == [str(tmp_path / "ok.wav")]
+    assert "skipping 1 files whose names are not UTF-8" in caplog.text
+
+
+def test_duplicate_rows_are_counted():
+    rows = pa.table({"uri": ["a", "b", "a", "a"], "start_s": [0.0, 0.0, 0.0, 1.0]})
+    assert duplicate_rows(rows) == 1
