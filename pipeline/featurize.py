@@ -28,7 +28,7 @@ from pipeline.clips import MAX_FILE_MB, featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import duplicate_rows, read_manifest
 from pipeline.schema import SCHEMA_VERSION, shard_metadata
-from pipeline.storage import read_json, write_json, write_parquet
+from pipeline.storage import OutputLock, read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
     Needs a running Ray (``ray.init()``). Idempotent and resumable, see module docstring.
 
     Raises:
-        ValueError: bad manifest, or ``output`` holds a run of a different input/config.
+        ValueError: bad manifest, ``output`` holds a run of a different input/config, or
+            another job is writing it (:class:`pipeline.storage.OutputBusyError`).
     """
     import ray
 
@@ -124,28 +125,32 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
         )
     num_shards = -(-n // cfg.clips_per_shard)
     root = output.rstrip("/")
-    _claim_output(root, source, manifest, cfg, num_shards)
+    with OutputLock(root):  # a second job writing the same output is refused
+        _claim_output(root, source, manifest, cfg, num_shards)
 
-    done = _finished_shards(root)
-    todo = [k for k in range(num_shards) if k not in done]
-    if todo:
-        logger.info(
-            "featurizing %d of %d shards (%d already committed)", len(todo), num_shards, len(done)
-        )
-        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
-        # One operator only: Ray Data's per-operator reservation would keep half the CPUs
-        # idle on small clusters (one shard task at a time on 2 CPUs).
-        ds.context.op_resource_reservation_enabled = False
-        ds = ds.map_batches(
-            _process_shards,
-            batch_size=1,
-            num_cpus=cfg.num_cpus_per_task,
-            fn_kwargs={"manifest": manifest, "cfg": cfg, "root": root},
-        )
-        for _ in ds.iter_batches(batch_size=None):  # drive the stream; markers hold results
-            pass
-    info = _aggregate(root, manifest, cfg, num_shards)
-    write_json(f"{root}/dataset.json", info)
+        done = _finished_shards(root)
+        todo = [k for k in range(num_shards) if k not in done]
+        if todo:
+            logger.info(
+                "featurizing %d of %d shards (%d already committed)",
+                len(todo),
+                num_shards,
+                len(done),
+            )
+            ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+            # One operator only: Ray Data's per-operator reservation would keep half the CPUs
+            # idle on small clusters (one shard task at a time on 2 CPUs).
+            ds.context.op_resource_reservation_enabled = False
+            ds = ds.map_batches(
+                _process_shards,
+                batch_size=1,
+                num_cpus=cfg.num_cpus_per_task,
+                fn_kwargs={"manifest": manifest, "cfg": cfg, "root": root},
+            )
+            for _ in ds.iter_batches(batch_size=None):  # drive the stream; markers hold results
+                pass
+        info = _aggregate(root, manifest, cfg, num_shards)
+        write_json(f"{root}/dataset.json", info)
     return FeaturizeSummary(root, info, len(todo), time.perf_counter() - start)
 
 

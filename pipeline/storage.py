@@ -4,7 +4,11 @@ appear whole or not at all, JSON read back as None when absent."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -68,3 +72,106 @@ def read_json(path: str) -> dict[str, Any] | None:
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+class OutputBusyError(ValueError):
+    """Another live job holds the output's lock."""
+
+
+class OutputLock:
+    """An exclusive claim on an output directory while a job writes it (``_lock.json``).
+
+    Created atomically on local disks (O_EXCL); on object stores by a PUT after an
+    existence check, read back to detect a lost race. The holder refreshes the file
+    every ``beat_s``; a lock is stale, and taken over with a warning, when its holder
+    is a dead process on this host or its last refresh is older than ``stale_s`` (a
+    killed job's rerun resumes at once on the same host, after ``stale_s`` elsewhere).
+    """
+
+    def __init__(self, root: str, stale_s: float = 60.0, beat_s: float = 10.0) -> None:
+        self.path = root.rstrip("/") + "/_lock.json"
+        self.stale_s, self.beat_s = stale_s, beat_s
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> OutputLock:
+        fs, p = fsspec.core.url_to_fs(self.path)
+        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        for _ in range(3):
+            if self._create(fs, p):
+                self._thread = threading.Thread(target=self._beat, daemon=True)
+                self._thread.start()
+                return self
+            holder = self._holder(fs, p)
+            if holder is not None and not self._stale(holder):
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("time", 0)))
+                raise OutputBusyError(
+                    f"{self.path.rsplit('/', 1)[0]} is being written by another job (host "
+                    f"{holder.get('host')}, pid {holder.get('pid')}, alive at {since} UTC); "
+                    f"wait for it to finish, or if it is gone delete {self.path}"
+                )
+            if holder is not None:
+                logging.getLogger(__name__).warning(
+                    "taking over the stale lock %s of host %s pid %s",
+                    self.path,
+                    holder.get("host"),
+                    holder.get("pid"),
+                )
+                fs.rm(p)
+            else:
+                time.sleep(0.5)  # being written right now: look again
+        raise OutputBusyError(f"could not claim {self.path}; another job keeps taking it")
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        fs, p = fsspec.core.url_to_fs(self.path)
+        holder = self._holder(fs, p)
+        if holder is not None and holder.get("token") == self.me["token"]:
+            fs.rm(p)
+
+    def _payload(self) -> str:
+        return json.dumps(self.me | {"time": time.time()})
+
+    def _create(self, fs, p: str) -> bool:
+        if is_local(fs):
+            try:
+                fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(self._payload())
+            return True
+        if fs.exists(p):
+            return False
+        fs.pipe_file(p, self._payload().encode())
+        time.sleep(0.2)  # a racing writer's PUT lands within this; the last one wins
+        fs.invalidate_cache(p)
+        holder = self._holder(fs, p)
+        return holder is not None and holder.get("token") == self.me["token"]
+
+    def _holder(self, fs, p: str) -> dict[str, Any] | None:
+        try:
+            with fs.open(p, "r") as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass  # alive, another user's
+        return time.time() - float(holder.get("time", 0)) > self.stale_s
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.beat_s):
+            try:
+                write_json(self.path, json.loads(self._payload()))
+            except OSError as err:  # a missed beat is retried; stale only after stale_s
+                logging.getLogger(__name__).warning("lock refresh of %s failed: %s", self.path, err)
