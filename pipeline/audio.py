@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 
@@ -67,6 +68,69 @@ def decode(data: bytes | None) -> tuple[np.ndarray, int]:
         bad = int((~np.isfinite(samples)).sum())
         raise AudioError("non_finite", f"{bad} NaN/inf samples of {samples.size}")
     return samples, int(rate)
+
+
+def open_audio(source: bytes | os.PathLike) -> sf.SoundFile:
+    """An open decoder of a file's bytes or of a local file (read in blocks, never whole).
+
+    Raises:
+        AudioError: empty_file, unreadable, zero_sample_rate or no_samples (the checks of
+            :func:`decode` that need no samples; non-finite samples are found while reading).
+    """
+    if isinstance(source, os.PathLike):
+        if os.path.getsize(source) == 0:
+            raise AudioError("empty_file", "the file has 0 bytes")
+        target = os.fspath(source)
+    else:
+        if source is None:
+            raise AudioError("missing", "no bytes could be read for this path")
+        if len(source) == 0:
+            raise AudioError("empty_file", "the file has 0 bytes")
+        target = io.BytesIO(source)
+    try:
+        f = sf.SoundFile(target)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        head = source if isinstance(source, bytes) else _head(target)
+        if _wav_header_rate(head) == 0:
+            raise AudioError("zero_sample_rate", "WAV header declares 0 Hz") from err
+        message = re.sub(r"^Error opening <[^>]*>: ", "", str(err))
+        message = re.sub(r"^Error opening '[^']*': ", "", message)
+        raise AudioError("unreadable", message) from err
+    if f.samplerate <= 0:
+        f.close()
+        raise AudioError("zero_sample_rate", f"sample rate {f.samplerate}")
+    if f.frames == 0:
+        f.close()
+        raise AudioError("no_samples", f"0 samples at {f.samplerate} Hz")
+    return f
+
+
+def read_blocks(f: sf.SoundFile, start: int, stop: int, block: int = 1 << 20):
+    """(n, channels) float32 blocks of frames start..stop of an open file, in order.
+
+    Raises:
+        AudioError: non_finite for NaN / infinite samples, unreadable when decoding fails.
+    """
+    try:
+        f.seek(start)
+        while start < stop:
+            x = f.read(min(block, stop - start), dtype="float32", always_2d=True)
+            if not len(x):
+                return
+            if not np.isfinite(x.sum()) and not np.isfinite(x).all():  # sum: one pass
+                bad = int((~np.isfinite(x)).sum())
+                raise AudioError(
+                    "non_finite", f"{bad} NaN/inf samples in the {len(x)} frames at {start}"
+                )
+            start += len(x)
+            yield x
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError("unreadable", f"decoding failed at frame {start}: {err}") from err
+
+
+def _head(path: str, size: int = 1 << 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def _wav_header_rate(data: bytes) -> int | None:

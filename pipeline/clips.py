@@ -13,13 +13,14 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 
-from pipeline.audio import AudioError, decode
-from pipeline.features import FbankExtractor, FeatureConfig, prepare_waveform
+from pipeline.audio import AudioError, open_audio, read_blocks
+from pipeline.features import FbankExtractor, FeatureConfig, prepare_blocks
 from pipeline.schema import ERROR_COLUMNS, feature_columns
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,13 @@ def extractor_for(cfg: FeatureConfig) -> FbankExtractor:
 
 MAX_FILE_MB = 2048.0
 """Default cap on one input file's size: a larger file is a ``too_large`` error row."""
+STREAM_MB = 64.0
+"""Local files above this size are decoded from disk in blocks, never read whole."""
 
 
-def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes | AudioError]:
-    """Read every URI; an unreadable one gives an :class:`AudioError` instead of bytes.
+def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes | Path | AudioError]:
+    """Read every URI; an unreadable one gives an :class:`AudioError` instead of bytes, a
+    local file over :data:`STREAM_MB` its path (decoded from disk block by block).
 
     Only regular files are read (a FIFO or device is ``not_a_file``), at most
     ``max_file_mb`` each (``too_large`` beyond). An unknown scheme or one whose fsspec
@@ -78,13 +82,15 @@ def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes |
     return out
 
 
-def _read_local(path: str, limit: int) -> bytes | AudioError:
+def _read_local(path: str, limit: int) -> bytes | Path | AudioError:
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             return AudioError("not_a_file", f"{path} is not a regular file")
         if info.st_size > limit:
             return AudioError("too_large", f"{info.st_size / 2**20:.0f} MB > {limit / 2**20:g} MB")
+        if info.st_size > STREAM_MB * 2**20:
+            return Path(path)
         with open(path, "rb") as f:
             return f.read(limit + 1)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
@@ -115,39 +121,48 @@ def featurize_table(
     ends = _optional(rows, "end_s")
     payloads = fetch(uris, max_file_mb)
 
-    take, meta, waves, errors = [], defaultdict(list), [], defaultdict(list)
+    extract = extractor_for(cfg)
+    take, meta, fbanks, errors = [], defaultdict(list), [], defaultdict(list)
     for i, (uri, payload) in enumerate(zip(uris, payloads, strict=True)):
         try:
             if isinstance(payload, AudioError):
                 raise payload
-            samples, rate = decode(payload)
-            for k, (a, b) in enumerate(_segments(samples.shape[0], rate, starts[i], ends[i], cfg)):
-                wave = prepare_waveform(samples[int(a * rate) : int(b * rate)], rate, cfg)
-                take.append(i)
-                waves.append(wave)
-                meta["clip_id"].append(clip_id(uri, a, b))
-                meta["segment_index"].append(k)
-                meta["start_s"].append(a)
-                meta["end_s"].append(b)
-                meta["duration_s"].append(b - a)
-                meta["source_sample_rate"].append(rate)
-                meta["source_channels"].append(samples.shape[1])
+            # One file's segments are kept aside until the whole file decoded: a bad
+            # block later in the file makes the file one error row, as if decoded whole.
+            mine, info = [], defaultdict(list)
+            with open_audio(payload) as f:
+                rate, channels = f.samplerate, f.channels
+                for k, (a, b) in enumerate(_segments(f.frames, rate, starts[i], ends[i], cfg)):
+                    # Block by block: the memory of a segment, not of the whole recording.
+                    wave = prepare_blocks(read_blocks(f, int(a * rate), int(b * rate)), rate, cfg)
+                    [fbank] = extract([wave], half=True)
+                    del wave
+                    if not np.isfinite(fbank).all():  # finite samples can still overflow
+                        bad = int((~np.isfinite(fbank)).sum())
+                        raise AudioError(
+                            "non_finite_features", f"segment {k}: {bad} non-finite values"
+                        )
+                    mine.append(fbank)
+                    for key, value in (
+                        ("clip_id", clip_id(uri, a, b)),
+                        ("segment_index", k),
+                        ("start_s", a),
+                        ("end_s", b),
+                        ("duration_s", b - a),
+                        ("source_sample_rate", rate),
+                        ("source_channels", channels),
+                    ):
+                        info[key].append(value)
+            take += [i] * len(mine)
+            fbanks += mine
+            for key, values in info.items():
+                meta[key] += values
         except AudioError as err:
             _add_error(errors, rows, i, err.reason, err.detail)
         except Exception as err:  # noqa: BLE001 - one clip must never fail the batch
             logger.exception("unexpected error featurizing %s", uri)
             _add_error(errors, rows, i, "internal", f"{type(err).__name__}: {err}")
 
-    fbanks = extractor_for(cfg)(waves, half=True) if waves else []
-    # Finite samples can still overflow the fbank (float16 storage, huge amplitudes).
-    finite = [bool(np.isfinite(f).all()) for f in fbanks]
-    for k in np.flatnonzero(~np.array(finite, bool)):
-        detail = f"segment {meta['segment_index'][k]}: {int((~np.isfinite(fbanks[k])).sum())}"
-        _add_error(errors, rows, take[k], "non_finite_features", f"{detail} non-finite values")
-    if not all(finite):
-        keep = np.flatnonzero(finite)
-        take, fbanks = [take[k] for k in keep], [fbanks[k] for k in keep]
-        meta = {c: [v[k] for k in keep] for c, v in meta.items()}
     features = _feature_table(
         rows.select(carried).take(pa.array(take, pa.int64())), meta, fbanks, cfg
     )

@@ -135,16 +135,50 @@ def prepare_waveform(samples: np.ndarray, sample_rate: int, cfg: FeatureConfig) 
         (n',) float32: channels mixed, resampled, DC removed, zero-padded to at least one
         analysis window (a clip shorter than 25 ms yields one frame instead of none).
     """
+    mono = mix_channels(samples, cfg)
+    if sample_rate != cfg.sample_rate_hz:
+        mono = soxr.resample(mono, sample_rate, cfg.sample_rate_hz, quality=cfg.resample_quality)
+    return finish_waveform(mono, cfg)
+
+
+def prepare_blocks(blocks, sample_rate: int, cfg: FeatureConfig) -> np.ndarray:
+    """:func:`prepare_waveform` of the concatenation of ``blocks`` ((n_i, channels)
+    float32 arrays, in order), holding only one source block at a time: channels mixed
+    and resampled block by block (soxr's stream gives the one-shot result exactly)."""
+    stream = None
+    if sample_rate != cfg.sample_rate_hz:
+        stream = soxr.ResampleStream(
+            sample_rate, cfg.sample_rate_hz, 1, dtype="float32", quality=cfg.resample_quality
+        )
+    parts = [mix_channels(b, cfg) for b in blocks] if stream is None else []
+    if stream is not None:
+        for block in blocks:
+            parts.append(stream.resample_chunk(mix_channels(block, cfg)))
+        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    mono = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    del parts
+    return finish_waveform(mono, cfg, owned=True)
+
+
+def mix_channels(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """(n, channels) -> (n,) contiguous float32 by ``cfg.channel_mix``."""
     if samples.shape[1] == 1 or cfg.channel_mix == "first":
         mono = samples[:, 0]
     else:  # (n, c) @ (c,): numpy's mean over a short last axis is ~50x slower
         channels = samples.shape[1]
         mono = samples.astype(np.float32, copy=False) @ np.full(channels, 1 / channels, np.float32)
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if sample_rate != cfg.sample_rate_hz:
-        mono = soxr.resample(mono, sample_rate, cfg.sample_rate_hz, quality=cfg.resample_quality)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def finish_waveform(mono: np.ndarray, cfg: FeatureConfig, owned: bool = False) -> np.ndarray:
+    """A mono waveform at the target rate: DC removed (in place when the caller ``owned``
+    the array), padded to one analysis window."""
     if cfg.remove_dc and mono.size:
-        mono = mono - mono.mean(dtype=np.float64).astype(np.float32)
+        dc = mono.mean(dtype=np.float64).astype(np.float32)
+        if owned:
+            mono -= dc
+        else:
+            mono = mono - dc
     if mono.size < cfg.window_samples:
         mono = np.pad(mono, (0, cfg.window_samples - mono.size))
     return mono.astype(np.float32, copy=False)

@@ -116,3 +116,29 @@ def test_special_paths_schemes_and_overflow_are_error_rows_of_their_own(tmp_path
         "gs://bucket/a.wav": "unsupported_scheme",
         str(huge): "non_finite_features",
     }
+
+
+@pytest.mark.parametrize("segment_s", [None, 25.0])
+def test_long_files_are_decoded_in_blocks_exactly_as_whole(tmp_path, monkeypatch, segment_s):
+    """A 60 s 44.1 kHz stereo file read from disk in blocks (3 blocks; streamed because it
+    is over STREAM_MB) gives the features of the whole-file decode, bit for bit."""
+    import pipeline.clips as clips
+    from pipeline.features import FbankExtractor, prepare_waveform
+
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((44100 * 60, 2)) + 0.05).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, x, 44100, subtype="FLOAT")
+    monkeypatch.setattr(clips, "STREAM_MB", 1.0)  # the file is 21 MB
+    assert isinstance(clips.fetch([str(path)])[0], os.PathLike)
+    cfg = FeatureConfig(segment_s=segment_s)
+    features, errors = featurize_table(pa.table({"path": [str(path)], "uri": [str(path)]}), cfg)
+    assert errors.num_rows == 0
+    cuts = [(0, 60)] if segment_s is None else [(0, 25), (25, 50), (50, 60)]
+    want = FbankExtractor(cfg)(
+        [prepare_waveform(x[a * 44100 : b * 44100], 44100, cfg) for a, b in cuts], half=True
+    )
+    got = features.column("fbank").to_pylist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g, np.float16), w.reshape(-1))
