@@ -18,6 +18,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+S3_SECRET = "s3cret-7f1d9a-never-logged"
+"""The S3 secret key of the test server: no log, MLflow param, tag or artifact holds it."""
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto in server mode on 127.0.0.1; s3fs, boto3 and pyarrow reach it by AWS_ENDPOINT_URL."""
@@ -30,7 +34,7 @@ def s3_endpoint():
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}

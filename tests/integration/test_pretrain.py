@@ -1,6 +1,7 @@
 """Pretraining on a real local Ray with a real MLflow server: tracking, resume, S3, NaN."""
 
 import math
+import os
 
 import mlflow
 import pytest
@@ -122,7 +123,9 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
     assert isinstance(load_checkpoint(f"{storage}/final/ssast.pt").cfg.size, str)
 
 
-def test_s3_checkpoints_and_a_non_finite_loss_stop(featurized, mlflow_server, s3_endpoint):
+def test_s3_checkpoints_and_a_non_finite_loss_stop(
+    featurized, mlflow_server, s3_endpoint, tmp_path
+):
     """Checkpoints go to the local S3 server; the run resumes from there; a NaN loss then
     stops it with the step and lr in the error and the last good checkpoint kept."""
     import boto3
@@ -154,6 +157,31 @@ def test_s3_checkpoints_and_a_non_finite_loss_stop(featurized, mlflow_server, s3
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt")["Contents"]}
     assert "pretrain/s3run/step_00000010/state.pt" in keys  # the last good checkpoint
     assert not any("step_00000015" in k or "step_00000020" in k for k in keys)
+    assert_secret_never_recorded(mlflow_server, result.mlflow_run_id, tmp_path)
+
+
+def assert_secret_never_recorded(tracking_uri: str, run_id: str, tmp_path) -> None:
+    """The S3 secret in the environment reached no MLflow param, tag, metric name or
+    artifact of the run, and no file of the Ray session's logs."""
+    import glob
+
+    import ray
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_run(run_id).data
+    texts = [*found.params.items(), *found.tags.items(), *found.metrics]
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # conftest.S3_SECRET, set by s3_endpoint
+    assert len(secret) > 12 and not any(secret in str(t) for t in texts)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, tracking_uri=tracking_uri, dst_path=str(tmp_path / "artifacts")
+    )
+    logs = glob.glob(
+        f"{ray._private.worker._global_node.get_session_dir_path()}/logs/**/*", recursive=True
+    )
+    files = [*glob.glob(f"{local}/**/*", recursive=True), *logs]
+    assert len(files) > 10
+    leaked = [f for f in files if os.path.isfile(f) and secret.encode() in open(f, "rb").read()]
+    assert not leaked
 
 
 def test_losing_a_node_resumes_from_the_last_checkpoint(featurized, mlflow_server, tmp_path):
