@@ -35,4 +35,11 @@ def init_ray(num_cpus: int | None = None) -> None:
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs
         # to free a run's worker resources when its controller dies (a trial that Tune's
         # ASHA stops); without it those CPUs stay reserved and later trials never start.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env)
+        # The dashboard (and its job API) on loopback only; Ray 2.60's gRPC servers listen
+        # on every interface whatever the node address, behind token authentication.
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=env,
+        )
