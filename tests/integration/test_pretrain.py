@@ -145,13 +145,14 @@ def test_s3_checkpoints_and_a_non_finite_loss_stop(
     assert "pretrain/s3run/step_00000010/state.pt" in keys
     assert "pretrain/final/ssast_original.pth" in keys
 
-    # Continue with an infinite learning rate: step 11's update makes the weights NaN,
+    # Continue with a learning rate of 1e30 (an infinite one is refused at load): step
+    # 11's update blows the weights up,
     # so the loss of step 12 is NaN.
     blown = pretrain_config(
         mlflow_server,
-        ["train.max_steps=20", "optim.lr=.inf", "optim.schedule=constant", "name=s3run"],
+        ["train.max_steps=20", "optim.lr=1e30", "optim.schedule=constant", "name=s3run"],
     )
-    with pytest.raises(NonFiniteLossError, match=r"step 12 \(lr inf\)") as err:
+    with pytest.raises(NonFiniteLossError, match=r"step 12 \(lr 1e\+30\)") as err:
         run(data, "s3://ckpt/pretrain", blown)
     assert "step_00000010" in str(err.value)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt")["Contents"]}
