@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python jobs/benchmark.py`: make the project im
 
 from jobs.evaluation.config import BenchmarkConfig
 from jobs.evaluation.driver import describe, run_benchmark
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
 
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(BenchmarkConfig, args)
     init_ray(args.num_cpus)
+    return run_job(args, lambda: _run(args, cfg))
+
+
+def _run(args, cfg: BenchmarkConfig) -> int:
     print(describe(run_benchmark(args.encoder, args.suite, args.output, cfg)))
     return 0
 

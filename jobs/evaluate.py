@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the project imp
 
 from jobs.inference.config import PredictConfig
 from jobs.inference.driver import evaluate_checkpoint
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
 
 
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(PredictConfig, args)
     init_ray(args.num_cpus)
+    return run_job(args, lambda: _evaluate(args, cfg))
+
+
+def _evaluate(args, cfg: PredictConfig) -> int:
     metrics, report = evaluate_checkpoint(args.model, args.data, args.split or None, cfg)
     print(report)
     print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/featurize.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
 from pipeline.featurize import FeaturizeConfig, featurize
 
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(FeaturizeConfig, args)
     init_ray(args.num_cpus)
+    return run_job(args, lambda: _featurize(args, cfg))
+
+
+def _featurize(args, cfg: FeaturizeConfig) -> int:
     summary = featurize(args.input, args.output, cfg)
     print(summary.table())
     if summary.error_fraction > cfg.max_error_fraction:

@@ -32,9 +32,8 @@ if __package__ in (None, ""):  # `python jobs/finetune.py`: make the project imp
 
 from jobs.finetuning.config import FinetuneConfig
 from jobs.finetuning.driver import describe, run_finetuning
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
-from jobs.kit.training import NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(FinetuneConfig, args)
     init_ray(args.num_cpus)
-    try:
-        result = run_finetuning(args.data, args.output, cfg)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    print(describe(result))
+    return run_job(args, lambda: _run(args, cfg))
+
+
+def _run(args, cfg: FinetuneConfig) -> int:
+    print(describe(run_finetuning(args.data, args.output, cfg)))
     return 0
 
 

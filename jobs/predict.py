@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python jobs/predict.py`: make the project impo
 
 from jobs.inference.config import PredictConfig
 from jobs.inference.driver import run_prediction
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
 
 
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(PredictConfig, args)
     init_ray(args.num_cpus)
+    return run_job(args, lambda: _predict(args, cfg))
+
+
+def _predict(args, cfg: PredictConfig) -> int:
     s = run_prediction(args.model, args.input, args.output, cfg)
     print(f"predictions  {s.output}/predictions ({s.num_predictions} rows, mode {cfg.mode})")
     print(f"errors       {s.output}/errors ({s.num_errors} clips could not be read)")

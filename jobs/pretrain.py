@@ -23,9 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/pretrain.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
-from jobs.kit.training import NonFiniteLossError
 from jobs.pretraining.config import PretrainConfig
 from jobs.pretraining.driver import describe, run_pretraining
 
@@ -39,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(PretrainConfig, args)
     init_ray(args.num_cpus)
-    try:
-        result = run_pretraining(args.data, args.output, cfg)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    print(describe(result))
+    return run_job(args, lambda: _run(args, cfg))
+
+
+def _run(args, cfg: PretrainConfig) -> int:
+    print(describe(run_pretraining(args.data, args.output, cfg)))
     return 0
 
 

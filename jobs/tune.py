@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/tune.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.kit.cli import config_parser, resolve_config, setup_logging
+from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
 from jobs.tuning.config import TuneJobConfig
 from jobs.tuning.driver import describe, run_tuning
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = resolve_config(TuneJobConfig, args)
     init_ray(args.num_cpus)
+    return run_job(args, lambda: _run(args, cfg))
+
+
+def _run(args, cfg: TuneJobConfig) -> int:
     print(describe(run_tuning(args.data, args.output, cfg)))
     return 0
 

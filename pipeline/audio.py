@@ -37,11 +37,12 @@ class AudioError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def decode(data: bytes | None) -> tuple[np.ndarray, int]:
-    """Decode any format libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, ...).
+def decode(data: bytes | os.PathLike | None) -> tuple[np.ndarray, int]:
+    """Decode a whole file, in any format libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus,
+    MP3, AIFF, ...): :func:`open_audio` then every block of :func:`read_blocks`.
 
     Args:
-        data: the file's bytes, or None when it could not be read.
+        data: the file's bytes or a local path; None when it could not be read.
 
     Returns:
         (samples (n, channels) float32, sample_rate_hz).
@@ -49,25 +50,12 @@ def decode(data: bytes | None) -> tuple[np.ndarray, int]:
     Raises:
         AudioError: with the reason the clip is unusable.
     """
-    if data is None:
-        raise AudioError("missing", "no bytes could be read for this path")
-    if len(data) == 0:
-        raise AudioError("empty_file", "the file has 0 bytes")
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        if _wav_header_rate(data) == 0:
-            raise AudioError("zero_sample_rate", "WAV header declares 0 Hz") from err
-        message = re.sub(r"^Error opening <[^>]*>: ", "", str(err))
-        raise AudioError("unreadable", message) from err
-    if rate <= 0:
-        raise AudioError("zero_sample_rate", f"sample rate {rate}")
-    if samples.size == 0:
+    with open_audio(data) as f:
+        blocks = list(read_blocks(f, 0, f.frames))
+        rate = int(f.samplerate)
+    if not blocks:
         raise AudioError("no_samples", f"0 samples at {rate} Hz")
-    if not np.isfinite(samples.sum()) and not np.isfinite(samples).all():  # sum: one pass
-        bad = int((~np.isfinite(samples)).sum())
-        raise AudioError("non_finite", f"{bad} NaN/inf samples of {samples.size}")
-    return samples, int(rate)
+    return np.concatenate(blocks), rate
 
 
 def open_audio(source: bytes | os.PathLike) -> sf.SoundFile:

@@ -150,10 +150,11 @@ def prepare_blocks(blocks, sample_rate: int, cfg: FeatureConfig) -> np.ndarray:
         stream = soxr.ResampleStream(
             sample_rate, cfg.sample_rate_hz, 1, dtype="float32", quality=cfg.resample_quality
         )
-    parts = [mix_channels(b, cfg) for b in blocks] if stream is None else []
+    parts = []
+    for block in blocks:
+        mono = mix_channels(block, cfg)
+        parts.append(mono if stream is None else stream.resample_chunk(mono))
     if stream is not None:
-        for block in blocks:
-            parts.append(stream.resample_chunk(mix_channels(block, cfg)))
         parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     mono = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     del parts

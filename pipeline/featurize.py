@@ -149,7 +149,7 @@ def featurize(source: str, output: str, cfg: FeaturizeConfig) -> FeaturizeSummar
             )
             for _ in ds.iter_batches(batch_size=None):  # drive the stream; markers hold results
                 pass
-        info = _aggregate(root, manifest, cfg, num_shards)
+        info = _aggregate(root, manifest, cfg, num_shards, duplicates)
         write_json(f"{root}/dataset.json", info)
     return FeaturizeSummary(root, info, len(todo), time.perf_counter() - start)
 
@@ -252,20 +252,24 @@ def _shard_stats(
 
 
 def _aggregate(
-    root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int
+    root: str, manifest: pa.Table, cfg: FeaturizeConfig, num_shards: int, duplicates: int
 ) -> dict[str, Any]:
     stats = [read_json(f"{root}/_shards/part-{k:06d}.json") for k in range(num_shards)]
     missing = [k for k, s in enumerate(stats) if s is None]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} of {root} were not committed; rerun to resume")
-    return aggregate_stats(stats, manifest, cfg)
+    return aggregate_stats(stats, manifest, cfg, duplicates)
 
 
 def aggregate_stats(
-    stats: list[dict[str, Any]], manifest: pa.Table, cfg: FeaturizeConfig
+    stats: list[dict[str, Any]],
+    manifest: pa.Table,
+    cfg: FeaturizeConfig,
+    duplicates: int | None = None,
 ) -> dict[str, Any]:
     """``dataset.json`` from the shards' markers: counts, hours and the statistics of
-    every stored log-mel value (sums and sums of squares, so shards combine exactly)."""
+    every stored log-mel value (sums and sums of squares, so shards combine exactly).
+    ``duplicates``: the manifest's :func:`duplicate_rows` when already counted."""
     num_shards = len(stats)
     F = cfg.features.num_mel_bins
     bin_sum = np.sum([s["bin_sum"] for s in stats], axis=0) if stats else np.zeros(F)
@@ -284,7 +288,7 @@ def aggregate_stats(
         "schema_version": SCHEMA_VERSION,
         "feature_config": cfg.features.to_dict(),
         "num_inputs": manifest.num_rows,
-        "num_duplicate_inputs": duplicate_rows(manifest),
+        "num_duplicate_inputs": duplicate_rows(manifest) if duplicates is None else duplicates,
         "num_ok_inputs": manifest.num_rows - num_err,
         "num_errors": num_err,
         "errors_by_reason": dict(reasons),

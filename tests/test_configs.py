@@ -100,3 +100,38 @@ def test_the_cli_prints_a_bad_config_as_one_line_and_exits_2(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "preemphasis" in err
+
+
+def test_job_errors_a_user_can_fix_are_one_line_bugs_keep_their_traceback(capsys):
+    import argparse
+
+    from ray.exceptions import RayTaskError
+
+    from jobs.kit.cli import run_job
+    from jobs.kit.training import NonFiniteLossError
+
+    def failing(err):
+        def body():
+            raise err
+
+        return body
+
+    quiet, debug = argparse.Namespace(debug=False), argparse.Namespace(debug=True)
+    missing = FileNotFoundError(2, "No such file or directory", "/no/manifest.csv")
+    remote = RayTaskError(
+        "shard", "Traceback (most recent call last):\n  ...", ValueError("bad row\nin shard 3")
+    ).as_instanceof_cause()
+    for err, code, text in (
+        (missing, 2, "/no/manifest.csv"),
+        (remote, 2, "bad row in shard 3"),
+        (NonFiniteLossError("loss nan at step 4"), 3, "loss nan at step 4"),
+    ):
+        assert run_job(quiet, failing(err)) == code
+        printed = capsys.readouterr().err
+        assert printed.count("\n") == 1 and printed == f"error: {printed[7:]}", printed
+        assert text in printed and "Traceback" not in printed
+        with pytest.raises(type(err)):
+            run_job(debug, failing(err))
+    with pytest.raises(KeyError):  # a bug, not an input error
+        run_job(quiet, failing(KeyError("x")))
+    assert run_job(quiet, lambda: 0) == 0

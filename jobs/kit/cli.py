@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -31,7 +32,7 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
-    ap.add_argument("--debug", action="store_true", help="tracebacks for configuration errors")
+    ap.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. clips_per_shard=64")
     return ap
 
@@ -44,10 +45,38 @@ def resolve_config(cls, args: argparse.Namespace):
     except (ValueError, TypeError, OSError, yaml.YAMLError) as err:
         if getattr(args, "debug", False):
             raise
-        message = " ".join(str(err).split())  # one line
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         raise SystemExit(0)
     return cfg
+
+
+def run_job(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """Run a job's body and return its exit status. The errors a user causes and can fix
+    (bad input, paths, an output in use: ``ValueError`` and ``OSError``) are one line on
+    stderr and status 2; a loss that became non-finite is status 3; with ``--debug``
+    they raise with the traceback. Anything else is a bug and keeps its traceback."""
+    from jobs.kit.training import NonFiniteLossError
+
+    try:
+        return body()
+    except NonFiniteLossError as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line; for an error raised in a Ray task or actor, the
+    message of its cause (without the remote traceback Ray prepends)."""
+    cause = getattr(err, "cause", None)
+    err = cause if isinstance(cause, BaseException) else err
+    return " ".join(str(err).split()) or type(err).__name__

@@ -104,7 +104,7 @@ def read_payload(ref: str) -> dict[str, Any]:
 
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp)
-            return _load(_find_checkpoint(Path(local), ref))
+            return read_checkpoint(_find_checkpoint(Path(local), ref))
     fs, path = fsspec.core.url_to_fs(ref)
     if not fs.exists(path):
         raise ValueError(
@@ -117,7 +117,7 @@ def read_payload(ref: str) -> dict[str, Any]:
                 return read_payload(ref.rstrip("/") + "/" + name)
         raise ValueError(f"model {ref}: a directory without {', '.join(CHECKPOINT_NAMES)}")
     with fs.open(path, "rb") as f:
-        return _load(f, ref)
+        return read_checkpoint(f, name=ref)  # a file object is named by the reference
 
 
 def check_features(model: ModelFile, found: FeatureConfig, where: str) -> None:
@@ -140,8 +140,3 @@ def _find_checkpoint(local: Path, uri: str):
     if not found:
         raise ValueError(f"{uri} holds no .pt / .pth checkpoint")
     return found[0]
-
-
-def _load(source, ref: str | None = None) -> dict[str, Any]:
-    """A model's checkpoint dict; a file object is named by the model's reference."""
-    return read_checkpoint(source, name=None if isinstance(source, (str, Path)) else ref)
