@@ -359,10 +359,12 @@ def test_a_model_carries_its_features_and_stops_on_a_non_finite_loss(
     for r in from_feats:
         assert from_audio[r["path"]]["top_labels"] == r["top_labels"]
         assert from_audio[r["path"]]["top_scores"] == pytest.approx(r["top_scores"], abs=1e-3)
+    capsys.readouterr()
+    refused = ["--model", model, "--input", default_data, "--output", str(tmp_path / "refused")]
+    assert predict.main(refused) == 2  # one line naming the field, no traceback
+    assert "num_mel_bins: data 128 vs model 64" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"num_mel_bins: data 128 vs model 64"):
-        predict.main(
-            ["--model", model, "--input", default_data, "--output", str(tmp_path / "refused")]
-        )
+        predict.main([*refused, "--debug"])
 
     capsys.readouterr()
     blown = ["optim.lr=1e30", "optim.schedule=constant", "train.max_epochs=3"]
