@@ -6,6 +6,7 @@ import io
 import os
 import re
 import struct
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -58,8 +59,9 @@ def decode(data: bytes | os.PathLike | None) -> tuple[np.ndarray, int]:
     return np.concatenate(blocks), rate
 
 
-def open_audio(source: bytes | os.PathLike) -> sf.SoundFile:
-    """An open decoder of a file's bytes or of a local file (read in blocks, never whole).
+def open_audio(source: bytes | os.PathLike | BinaryIO) -> sf.SoundFile:
+    """An open decoder of a file's bytes, a local file or a seekable binary file object
+    (e.g. a remote file opened by fsspec); a file is read in blocks, never whole.
 
     Raises:
         AudioError: empty_file, unreadable, zero_sample_rate or no_samples (the checks of
@@ -69,6 +71,8 @@ def open_audio(source: bytes | os.PathLike) -> sf.SoundFile:
         if os.path.getsize(source) == 0:
             raise AudioError("empty_file", "the file has 0 bytes")
         target = os.fspath(source)
+    elif hasattr(source, "read"):
+        target = source
     else:
         if source is None:
             raise AudioError("missing", "no bytes could be read for this path")
@@ -116,8 +120,11 @@ def read_blocks(f: sf.SoundFile, start: int, stop: int, block: int = 1 << 20):
         raise AudioError("unreadable", f"decoding failed at frame {start}: {err}") from err
 
 
-def _head(path: str, size: int = 1 << 16) -> bytes:
-    with open(path, "rb") as f:
+def _head(target: str | BinaryIO, size: int = 1 << 16) -> bytes:
+    if not isinstance(target, str):
+        target.seek(0)
+        return target.read(size)
+    with open(target, "rb") as f:
         return f.read(size)
 
 

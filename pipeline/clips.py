@@ -13,11 +13,14 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
 
 from pipeline.audio import AudioError, open_audio, read_blocks
 from pipeline.features import FbankExtractor, FeatureConfig, prepare_blocks
@@ -38,20 +41,40 @@ def extractor_for(cfg: FeatureConfig) -> FbankExtractor:
 MAX_FILE_MB = 2048.0
 """Default cap on one input file's size: a larger file is a ``too_large`` error row."""
 STREAM_MB = 64.0
-"""Local files above this size are decoded from disk in blocks, never read whole."""
+"""Files above this size are decoded in blocks (local: from disk; remote: by ranged
+reads), never read whole."""
+REMOTE_BLOCK_MB = 8.0
+"""Size of one ranged read of a streamed remote file."""
 
 
-def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes | Path | AudioError]:
+@dataclass(frozen=True)
+class RemoteFile:
+    """A remote file over :data:`STREAM_MB`, opened when decoded and read block by block."""
+
+    fs: fsspec.AbstractFileSystem
+    uri: str
+    size: int
+
+    def open(self):
+        return self.fs.open(self.uri, "rb", block_size=int(REMOTE_BLOCK_MB * 2**20))
+
+
+Payload = bytes | Path | RemoteFile | AudioError
+
+
+def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[Payload]:
     """Read every URI; an unreadable one gives an :class:`AudioError` instead of bytes, a
-    local file over :data:`STREAM_MB` its path (decoded from disk block by block).
+    file over :data:`STREAM_MB` its path (local) or a :class:`RemoteFile` (decoded block
+    by block, never held whole).
 
-    Only regular files are read (a FIFO or device is ``not_a_file``), at most
-    ``max_file_mb`` each (``too_large`` beyond). An unknown scheme or one whose fsspec
-    package is missing is ``unsupported_scheme`` for its rows only. Remote URIs of one
-    filesystem are fetched concurrently (fsspec ``cat``).
+    Only regular files are read (a FIFO, device or directory is ``not_a_file``), at most
+    ``max_file_mb`` each (``too_large`` beyond, found from the size without reading). An
+    unknown scheme or one whose fsspec package is missing is ``unsupported_scheme`` for
+    its rows only. Remote URIs of one filesystem are looked up, then fetched, concurrently
+    (fsspec ``info`` and ``cat``).
     """
     limit = int(max_file_mb * 2**20)
-    out: list[bytes | AudioError] = [AudioError("missing", "not fetched")] * len(uris)
+    out: list[Payload] = [AudioError("missing", "not fetched")] * len(uris)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, uri in enumerate(uris):
         groups[uri.split("://", 1)[0].lower() if "://" in uri else "file"].append(i)
@@ -62,7 +85,22 @@ def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes |
             continue
         try:
             fs = fsspec.filesystem(protocol)
-            # One byte more than the cap tells a file at the cap from a larger one.
+            infos = _infos(fs, [uris[i] for i in idx])
+            whole = []
+            for i, info in zip(idx, infos, strict=True):
+                if isinstance(info, BaseException):
+                    out[i] = AudioError("missing", f"{type(info).__name__}: {info}")
+                elif info.get("type", "file") != "file":
+                    out[i] = AudioError("not_a_file", f"{uris[i]} is a {info['type']}")
+                elif (info.get("size") or 0) > limit:
+                    out[i] = AudioError("too_large", f"over {max_file_mb:g} MB")
+                elif (info.get("size") or 0) > STREAM_MB * 2**20:
+                    out[i] = RemoteFile(fs, uris[i], int(info["size"]))
+                else:
+                    whole.append(i)
+            idx = whole
+            # One byte more than the cap tells a file at the cap from a larger one
+            # (a file that grew since its size was read).
             got = fs.cat([uris[i] for i in idx], on_error="return", end=limit + 1)
         except Exception as err:  # noqa: BLE001 - unknown scheme, missing package, auth
             reason = (
@@ -79,6 +117,21 @@ def fetch(uris: Sequence[str], max_file_mb: float = MAX_FILE_MB) -> list[bytes |
                 out[i] = AudioError("too_large", f"over {max_file_mb:g} MB")
             else:
                 out[i] = value
+    return out
+
+
+def _infos(fs: fsspec.AbstractFileSystem, uris: list[str]) -> list[dict | BaseException]:
+    """fsspec ``info`` of every URI (concurrently on an async filesystem such as s3fs);
+    a failed lookup is its exception."""
+    if isinstance(fs, AsyncFileSystem):
+        coros = [fs._info(u) for u in uris]
+        return sync(fs.loop, _run_coros_in_chunks, coros, return_exceptions=True)
+    out = []
+    for u in uris:
+        try:
+            out.append(fs.info(u))
+        except Exception as err:  # noqa: BLE001 - the row's error, not the batch's
+            out.append(err)
     return out
 
 
@@ -130,7 +183,12 @@ def featurize_table(
             # One file's segments are kept aside until the whole file decoded: a bad
             # block later in the file makes the file one error row, as if decoded whole.
             mine, info = [], defaultdict(list)
-            with open_audio(payload) as f:
+            with (
+                payload.open()
+                if isinstance(payload, RemoteFile)
+                else nullcontext(payload) as source,
+                open_audio(source) as f,
+            ):
                 rate, channels = f.samplerate, f.channels
                 for k, (a, b) in enumerate(_segments(f.frames, rate, starts[i], ends[i], cfg)):
                     # Block by block: the memory of a segment, not of the whole recording.

@@ -31,7 +31,7 @@ from pipeline.batches import auto_target_frames
 from pipeline.features import FeatureConfig
 from pipeline.normalization import Normalization
 from pipeline.schema import feature_diff, load_dataset_info
-from pipeline.storage import absolute, exists
+from pipeline.storage import OutputLock, absolute, exists
 
 logger = logging.getLogger("benchmark")
 
@@ -156,11 +156,22 @@ def finetune_recipe(cfg: BenchmarkConfig):
 def run_benchmark(
     refs: list[str], suite_path: str, output: str, cfg: BenchmarkConfig
 ) -> BenchmarkResult:
-    """Run the suite for the encoders ``refs`` ('scratch', or any model reference)."""
+    """Run the suite for the encoders ``refs`` ('scratch', or any model reference).
+
+    Raises:
+        OutputBusyError: another job is writing ``output`` (refused before any work).
+    """
+    output = absolute(output)
+    with OutputLock(output):
+        return _benchmark(refs, suite_path, output, cfg)
+
+
+def _benchmark(
+    refs: list[str], suite_path: str, output: str, cfg: BenchmarkConfig
+) -> BenchmarkResult:
     import ray
 
     start = time.perf_counter()
-    output = absolute(output)
     encoders = load_encoders(refs, cfg)
     datasets = task_datasets(read_suite(suite_path), output, encoders[0].features)
     runs = plan_runs(list(datasets), encoders, cfg)

@@ -8,6 +8,7 @@ import logging
 import math
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from jobs.kit.tracking import (
 from jobs.kit.training import clear_stop, load_state, raise_if_stopped, stop_marker
 from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput
 from pipeline.schema import DatasetInfo, load_dataset_info
-from pipeline.storage import absolute
+from pipeline.storage import OutputLock, absolute
 from ssast import SSASTClassifier, load_checkpoint
 from ssast.checkpoint import checkpoint_payload
 
@@ -179,6 +180,7 @@ def run_finetuning(
     parent_run_id: str | None = None,
     score_final: bool = True,
     callbacks: list | None = None,
+    lock: bool = True,
 ) -> FinetuneResult:
     """Fine-tune on Ray Train; resumes when ``output/cfg.name`` has checkpoints.
 
@@ -186,16 +188,31 @@ def run_finetuning(
     OUTPUT/metrics.json. ``prepared`` reuses splits prepared by :func:`prepare_data` (Tune
     trials share them); ``parent_run_id`` nests the MLflow run; ``score_final=False``
     skips scoring the final model on the test split (and the weight average on the valid
-    split); ``callbacks`` go to Ray Train.
+    split); ``callbacks`` go to Ray Train; ``lock=False`` when the caller holds the lock of
+    a parent folder (a Tune trial: Tune owns the sweep's folder and retries trials).
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+        OutputBusyError: another job is writing ``output`` (refused before any work).
     """
+    output = absolute(output)
+    with OutputLock(output) if lock else nullcontext():
+        return _finetune(data, output, cfg, prepared, parent_run_id, score_final, callbacks)
+
+
+def _finetune(
+    data: str,
+    output: str,
+    cfg: FinetuneConfig,
+    prepared: PreparedData | None,
+    parent_run_id: str | None,
+    score_final: bool,
+    callbacks: list | None,
+) -> FinetuneResult:
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    output = absolute(output)
     cfg = cfg.with_init_defaults()
     prepared = prepared or prepare_data(data, cfg)
     info, task = prepared.info, prepared.task

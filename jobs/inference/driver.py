@@ -27,7 +27,7 @@ from pipeline.batches import MODEL_INPUT_COLUMNS, ModelInput
 from pipeline.features import FeatureConfig
 from pipeline.normalization import Normalization, choose_normalization
 from pipeline.schema import load_dataset_info
-from pipeline.storage import absolute, exists, write_parquet
+from pipeline.storage import OutputLock, absolute, exists, write_parquet
 
 logger = logging.getLogger(__name__)
 ROWS_PER_FILE = 20_000
@@ -151,7 +151,17 @@ def map_predictor(
 
 def run_prediction(model: str, source: str, output: str, cfg: PredictConfig) -> PredictSummary:
     """Predict over every clip of ``source``; write OUTPUT/predictions/*.parquet and
-    OUTPUT/errors/part-000000.parquet (clips that could not be featurized)."""
+    OUTPUT/errors/part-000000.parquet (clips that could not be featurized).
+
+    Raises:
+        OutputBusyError: another job is writing ``output`` (refused before any work).
+    """
+    output = absolute(output)
+    with OutputLock(output):
+        return _predict(model, source, output, cfg)
+
+
+def _predict(model: str, source: str, output: str, cfg: PredictConfig) -> PredictSummary:
     import ray
     from ray.data.expressions import col
 
@@ -172,7 +182,6 @@ def run_prediction(model: str, source: str, output: str, cfg: PredictConfig) -> 
     shift = found.features.frame_shift_ms / 1000
     out = map_predictor(given, ray.put(found.payload), cfg.mode, spec, cfg, None, hop, shift)
     out = out.materialize()
-    output = absolute(output)
     good = out.filter(expr=col("reason").is_null()).drop_columns(["reason", "detail"])
     # Files of many model batches, not one small file (and one write task) per batch.
     good.write_parquet(f"{output}/predictions", min_rows_per_file=ROWS_PER_FILE)

@@ -39,7 +39,8 @@ def ui_command(uri: str) -> str:
         return f"open {uri}"
     return (
         f".venv/bin/mlflow ui --backend-store-uri {uri} "
-        f"--default-artifact-root {ROOT / 'mlruns' / 'artifacts'} --host 127.0.0.1 --port 5000"
+        f"--default-artifact-root {ROOT / 'mlruns' / 'artifacts'} "
+        "--host 127.0.0.1 --port 5000 --workers 1"
     )
 
 

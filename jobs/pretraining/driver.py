@@ -43,7 +43,7 @@ from pipeline.features import FeatureConfig
 from pipeline.featurize import stream_features
 from pipeline.normalization import Normalization, choose_normalization
 from pipeline.schema import feature_diff, load_dataset_info
-from pipeline.storage import absolute, exists
+from pipeline.storage import OutputLock, absolute, exists
 from ssast import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("pretrain")
@@ -162,11 +162,17 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+        OutputBusyError: another job is writing ``storage`` (refused before any work).
     """
+    storage = absolute(storage)
+    with OutputLock(storage):
+        return _pretrain(data, storage, cfg)
+
+
+def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = absolute(storage)
     if cfg.model.input_tdim == "auto":
         cfg = with_length(cfg, _auto_length(data))
     plan = training_data(data, cfg)

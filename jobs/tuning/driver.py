@@ -25,7 +25,7 @@ from jobs.finetuning.driver import (
 from jobs.kit.config import build, flatten, to_dict
 from jobs.kit.tracking import default_tracking_uri, register_classifier, start_run, ui_command
 from jobs.tuning.config import TuneJobConfig, corners, sample_space
-from pipeline.storage import absolute
+from pipeline.storage import OutputLock, absolute
 
 logger = logging.getLogger("tune")
 
@@ -85,6 +85,7 @@ def trial_main(
         parent_run_id=parent_run_id,
         score_final=False,
         callbacks=[TuneReportCallback()],
+        lock=False,  # the sweep holds OUTPUT's lock
     )
 
 
@@ -115,12 +116,21 @@ def concurrent_trials(cfg: TuneJobConfig, total: dict[str, float]) -> int:
 
 
 def run_tuning(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
-    """Run (or restore) the sweep ``output/cfg.name``; register the best classifier."""
+    """Run (or restore) the sweep ``output/cfg.name``; register the best classifier.
+
+    Raises:
+        OutputBusyError: another job is writing ``output`` (refused before any work).
+    """
+    output = absolute(output)
+    with OutputLock(output):
+        return _tune(data, output, cfg)
+
+
+def _tune(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    output = absolute(output)
     for corner in corners(cfg.tune.search_space):
         finetune_config(to_dict(cfg), corner)  # every key and extreme value validates
     prepared = {

@@ -3,6 +3,7 @@ the normalisation rule, model references and their feature contract, task valida
 
 import json
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -10,19 +11,25 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from jobs.evaluation.config import BenchmarkConfig
+from jobs.evaluation.driver import run_benchmark
 from jobs.finetuning.config import FinetuneConfig
+from jobs.finetuning.driver import run_finetuning
 from jobs.finetuning.task import read_task
 from jobs.finetuning.worker import steps_per_epoch
+from jobs.inference.config import PredictConfig
+from jobs.inference.driver import run_prediction
 from jobs.kit.config import load_config, with_length
 from jobs.kit.datasets import auto_length
 from jobs.kit.models import check_features, contract, read_model
 from jobs.pretraining.config import PretrainConfig
-from jobs.pretraining.driver import passes_needed
+from jobs.pretraining.driver import passes_needed, run_pretraining
 from jobs.tuning.config import TuneJobConfig
-from jobs.tuning.driver import concurrent_trials, trial_lengths
+from jobs.tuning.driver import concurrent_trials, run_tuning, trial_lengths
 from pipeline.features import FeatureConfig
 from pipeline.normalization import PRESETS, Normalization, choose_normalization
 from pipeline.schema import SCHEMA_VERSION, load_dataset_info
+from pipeline.storage import OutputBusyError, OutputLock
 from ssast import SSAST, SSASTClassifier, SSASTConfig, save_checkpoint
 
 
@@ -238,3 +245,26 @@ def test_fine_tuning_rate_and_schedule_follow_the_init_unless_set():
     assert (ckpt.lr, ckpt.schedule) == (1e-4, "multistep")
     mine = load_config(FinetuneConfig, None, ["optim.lr=3e-4"]).with_init_defaults().optim
     assert (mine.lr, mine.schedule) == (3e-4, "cosine")
+
+
+def test_every_job_that_writes_an_output_refuses_one_being_written(tmp_path):
+    """Pretraining, fine-tuning, the sweep, prediction and the benchmark take the same
+    lock as featurization: a second job into a busy output fails before any work (no
+    Ray, no data read: the inputs here do not even exist)."""
+    missing = str(tmp_path / "nothing")
+    jobs = {
+        "pretrain": lambda out: run_pretraining(missing, out, PretrainConfig()),
+        "finetune": lambda out: run_finetuning(missing, out, FinetuneConfig()),
+        "tune": lambda out: run_tuning(missing, out, TuneJobConfig()),
+        "predict": lambda out: run_prediction(missing, missing, out, PredictConfig()),
+        "benchmark": lambda out: run_benchmark(["scratch"], missing, out, BenchmarkConfig()),
+    }
+    for name, job in jobs.items():
+        out = str(tmp_path / name)
+        with OutputLock(out):
+            with pytest.raises(OutputBusyError, match="being written by another job"):
+                job(out)
+        with pytest.raises((ValueError, OSError)) as err:  # free: on to the missing input
+            job(out)
+        assert not isinstance(err.value, OutputBusyError), name
+        assert not os.path.exists(f"{out}/_lock.json"), name  # released on the way out
