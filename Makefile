@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip==25.3
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,export]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -3,8 +3,9 @@
 A reference is a checkpoint file (ours: ``final/ssast.pt``, ``model.pt``; or a released
 SSAST ``.pth``), local or ``s3://``; a directory holding one (``final/ssast.pt``,
 ``ssast.pt`` or ``model.pt``); or an MLflow URI (``runs:/<id>/<path>``,
-``models:/<name>/<version>``). Every job that takes a model reads it through
-:func:`read_model`.
+``models:/<name>/<version>``); or a local Hugging Face folder of transformers' AST
+(``jobs/export.py --format hf`` writes one; needs the ``export`` extra). Every job that
+takes a model reads it through :func:`read_model`.
 
 Our checkpoints record ``features`` (the :class:`FeatureConfig` the model was trained on)
 and ``normalization`` (its statistics); fine-tuned ones also ``task`` (classes, label
@@ -15,6 +16,7 @@ a featurized dataset made with other settings is refused (:func:`check_features`
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from ssast import SSAST, SSASTClassifier, load_checkpoint
 from ssast.checkpoint import checkpoint_payload, read_checkpoint
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+AST_MODEL_TYPE = "audio-spectrogram-transformer"
+"""``model_type`` of transformers' AST in a ``config.json``."""
 CHECKPOINT_NAMES = ("final/ssast.pt", "ssast.pt", "model.pt")
 """What a directory reference may hold, in the order they are looked for."""
 
@@ -64,6 +68,8 @@ def read_model(ref: str) -> ModelFile:
     Raises:
         ValueError: nothing at the reference, or not an SSAST checkpoint.
     """
+    if is_hf_folder(ref):
+        return read_hf(ref)
     payload = read_payload(ref)
     model = load_checkpoint(payload)
     if payload.get("format") != "ssast-ray":
@@ -77,6 +83,53 @@ def read_model(ref: str) -> ModelFile:
         stats = {"mean": stats[0], "std": stats[1]}
     normalization = Normalization.from_dict(stats) if stats else None
     labels = LabelSet.from_dict(task) if task.get("class_names") else None
+    return ModelFile(ref, payload, model, features, normalization, labels)
+
+
+def is_hf_folder(ref: str) -> bool:
+    """A local Hugging Face ``save_pretrained`` folder of transformers' AST."""
+    config = Path(ref) / "config.json"
+    if ref.startswith(MLFLOW_SCHEMES) or "://" in ref or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == AST_MODEL_TYPE
+    except (OSError, ValueError):
+        return False
+
+
+def read_hf(ref: str) -> ModelFile:
+    """Our model from a transformers AST folder (ours exported, or anyone's): weights,
+    labels (``id2label``) and, from ``preprocessor_config.json``, the sample rate, mel bins
+    and statistics. Needs the ``export`` extra (transformers)."""
+    try:
+        from transformers import ASTForAudioClassification, ASTModel
+    except ImportError as err:
+        raise ValueError(
+            f"model {ref} is a Hugging Face folder: install the export extra "
+            "(pip install -e '.[export]') to read it"
+        ) from err
+    from ssast.hf import class_names_of, from_hf
+
+    config = json.loads((Path(ref) / "config.json").read_text())
+    head = "ASTForAudioClassification" in (config.get("architectures") or [])
+    hf = (ASTForAudioClassification if head else ASTModel).from_pretrained(ref)
+    model = from_hf(hf)
+    pre = Path(ref) / "preprocessor_config.json"
+    pre = json.loads(pre.read_text()) if pre.is_file() else {}
+    features = FeatureConfig(
+        sample_rate_hz=int(pre.get("sampling_rate", 16000)),
+        num_mel_bins=int(pre.get("num_mel_bins", model.cfg.input_fdim)),
+    )
+    normalization = None
+    if pre.get("do_normalize", True) and "mean" in pre and "std" in pre:
+        normalization = Normalization(float(pre["mean"]), float(pre["std"]))
+    labels = LabelSet(tuple(class_names_of(hf))) if head else None
+    extra: dict[str, Any] = {"features": features.to_dict()}
+    if normalization:
+        extra["normalization"] = normalization.to_dict()
+    if labels:
+        extra["task"] = labels.to_dict()
+    payload = checkpoint_payload(model, extra=extra)
     return ModelFile(ref, payload, model, features, normalization, labels)
 
 
