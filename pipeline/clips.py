@@ -163,16 +163,23 @@ def featurize_table(
 ) -> tuple[pa.Table, pa.Table]:
     """Featurize manifest rows (as :func:`pipeline.manifest.read_manifest` returns them).
 
-    Never raises for a bad clip: each one becomes an error row with its reason.
+    Never raises for a bad clip: each one becomes an error row with its reason. A
+    binary ``audio`` column, where set, gives a row's file bytes inline (a request to a
+    model server); its ``uri`` is then only the row's name.
 
     Returns:
         (features, errors) Arrow tables; features has one row per clip or segment.
     """
-    carried = [c for c in rows.column_names if c != "row_index"]
+    carried = [c for c in rows.column_names if c not in ("row_index", "audio")]
     uris = rows.column("uri").to_pylist()
     starts = _optional(rows, "start_s")
     ends = _optional(rows, "end_s")
-    payloads = fetch(uris, max_file_mb)
+    payloads: list[Payload | None] = [None] * rows.num_rows
+    if "audio" in rows.column_names:
+        payloads = rows.column("audio").to_pylist()
+    todo = [i for i, p in enumerate(payloads) if p is None]
+    for i, fetched in zip(todo, fetch([uris[i] for i in todo], max_file_mb), strict=True):
+        payloads[i] = fetched
 
     extract = extractor_for(cfg)
     take, meta, fbanks, errors = [], defaultdict(list), [], defaultdict(list)

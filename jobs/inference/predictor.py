@@ -72,12 +72,13 @@ class Predictor:
         hop: int | None = None,
         frame_shift_s: float = 0.01,
     ) -> None:
-        import ray
         import torch
 
         from ssast import load_checkpoint
 
-        if isinstance(payload, ray.ObjectRef):
+        if not isinstance(payload, dict):  # an ObjectRef (a model server has no Ray)
+            import ray
+
             payload = ray.get(payload)
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -144,7 +144,7 @@ def _register(uri: str, run_id: str, checkpoint: Path, name: str, artifact: str,
             name=artifact,
             python_model=str(ROOT / "jobs" / "inference" / code),
             artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(ROOT / "ssast")],
+            code_paths=[str(ROOT / d) for d in ("ssast", "pipeline", "jobs")],
             pip_requirements=_requirements(),
             registered_model_name=name,
         )
@@ -154,7 +154,10 @@ def _register(uri: str, run_id: str, checkpoint: Path, name: str, artifact: str,
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "timm", "numpy")]
+    return [
+        f"{p}=={version(p)}"
+        for p in ("torch", "timm", "numpy", "pyarrow", "pandas", "fsspec", "soundfile", "soxr")
+    ]
 
 
 def _chunks(items: list, n: int):
