@@ -110,20 +110,29 @@ def read_hf(ref: str) -> ModelFile:
         ) from err
     from ssast.hf import class_names_of, from_hf
 
-    config = json.loads((Path(ref) / "config.json").read_text())
+    folder = Path(ref)
+    config = json.loads((folder / "config.json").read_text())
     head = "ASTForAudioClassification" in (config.get("architectures") or [])
     hf = (ASTForAudioClassification if head else ASTModel).from_pretrained(ref)
     model = from_hf(hf)
-    pre = Path(ref) / "preprocessor_config.json"
-    pre = json.loads(pre.read_text()) if pre.is_file() else {}
-    features = FeatureConfig(
-        sample_rate_hz=int(pre.get("sampling_rate", 16000)),
-        num_mel_bins=int(pre.get("num_mel_bins", model.cfg.input_fdim)),
-    )
-    normalization = None
-    if pre.get("do_normalize", True) and "mean" in pre and "std" in pre:
-        normalization = Normalization(float(pre["mean"]), float(pre["std"]))
     labels = LabelSet(tuple(class_names_of(hf))) if head else None
+    ours = folder / "ssast_export.json"  # our export: the exact feature contract
+    if ours.is_file():
+        summary = json.loads(ours.read_text())
+        features = FeatureConfig.from_dict(summary["features"])
+        normalization = Normalization.from_dict(summary["normalization"])
+        if (folder / "ssast_head.safetensors").is_file():  # a pooling=mean classifier
+            model, labels = _with_mean_head(model, folder, summary["labels"])
+    else:
+        pre = folder / "preprocessor_config.json"
+        pre = json.loads(pre.read_text()) if pre.is_file() else {}
+        features = FeatureConfig(
+            sample_rate_hz=int(pre.get("sampling_rate", 16000)),
+            num_mel_bins=int(pre.get("num_mel_bins", model.cfg.input_fdim)),
+        )
+        normalization = None
+        if pre.get("do_normalize", True) and "mean" in pre and "std" in pre:
+            normalization = Normalization(float(pre["mean"]), float(pre["std"]))
     extra: dict[str, Any] = {"features": features.to_dict()}
     if normalization:
         extra["normalization"] = normalization.to_dict()
@@ -131,6 +140,26 @@ def read_hf(ref: str) -> ModelFile:
         extra["task"] = labels.to_dict()
     payload = checkpoint_payload(model, extra=extra)
     return ModelFile(ref, payload, model, features, normalization, labels)
+
+
+def _with_mean_head(
+    encoder: SSAST, folder: Path, names: list[str]
+) -> tuple[SSASTClassifier, LabelSet]:
+    """A pooling=mean classifier from an exported encoder and its ssast_head.safetensors."""
+    from safetensors.torch import load_file
+
+    head = load_file(str(folder / "ssast_head.safetensors"))
+    clf = SSASTClassifier(encoder.cfg, len(names), pooling="mean")
+    clf.encoder.load_state_dict(encoder.encoder.state_dict())
+    clf.head.load_state_dict(
+        {
+            "0.weight": head["layernorm.weight"],
+            "0.bias": head["layernorm.bias"],
+            "1.weight": head["dense.weight"],
+            "1.bias": head["dense.bias"],
+        }
+    )
+    return clf.eval(), LabelSet(tuple(names))
 
 
 def encoder_of(model: SSAST | SSASTClassifier, ref: str) -> SSAST:

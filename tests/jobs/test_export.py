@@ -75,6 +75,24 @@ def test_hf_export_loads_in_transformers_and_reads_back(classifier, tmp_path):
     assert summary["labels"] == list(CLASSES) and summary["input"]["frames"] == 128
 
 
+def test_a_mean_pooled_clip_mean_classifier_exports_with_its_head_and_reads_back(tmp_path):
+    """What the demo's recipe trains (pooling=mean, data.clip_mean): ASTModel + head file,
+    notes that say so, and the exact model and feature contract back."""
+    torch.manual_seed(4)
+    clf = SSASTClassifier(SSASTConfig(size="tiny", input_tdim=64, num_masked=1), 3).eval()
+    norm = Normalization(-5.5, 3.25, clip_mean=True)
+    result = export_model(checkpoint(tmp_path, clf, norm), "hf", str(tmp_path / "hf"))
+    assert "ssast_head.safetensors" in result.files
+    assert any("pooling=mean" in n for n in result.notes)
+    assert any("clip_mean" in n for n in result.notes)
+    back = read_model(str(tmp_path / "hf"))
+    assert back.kind == "classifier" and back.model.pooling == "mean"
+    assert back.normalization == norm and back.labels.class_names == CLASSES
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(x), clf(x), atol=1e-5, rtol=0)
+
+
 def test_onnx_export_matches_torch_for_any_batch(classifier, tmp_path):
     import onnxruntime as ort
 
