@@ -9,6 +9,8 @@ models:/, a released SSAST .pth). hf: a transformers `save_pretrained` folder th
 with no custom code. onnx: model.onnx (fbank (batch, frames, mel bins) in; logits, or the
 encoder's patch tokens, out). Both write ssast_export.json: the input shape, feature
 settings, normalization and labels. Needs the export extra (pip install -e '.[export]').
+No Ray: it runs where it is started (under `ray job submit` the output lands on the head
+node; export locally from an s3:// or models:/ reference instead).
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ def test_a_mean_pooled_clip_mean_classifier_exports_with_its_head_and_reads_back
         torch.testing.assert_close(back.model(x), clf(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # two ONNX exports through torch.export: ~15 s
 def test_onnx_export_matches_torch_for_any_batch(classifier, tmp_path):
     import onnxruntime as ort
 
