@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ssast.classifier import SSASTClassifier
-from ssast.config import SSASTConfig
+from ssast.config import SIZES, SSASTConfig
 from ssast.encoder import SpectrogramEncoder
 from ssast.model import SSAST
 
@@ -107,10 +107,7 @@ def to_hf(model: SSAST | SSASTClassifier, class_names: Sequence[str] | None = No
                 f"cannot export a classifier with a {model.adapter.kind} adapter to "
                 "Hugging Face (AST has no place for it; only LoRA folds into the weights)"
             )
-        merged = SSASTClassifier(model.cfg, model.num_classes, model.pooling, model.adapter)
-        merged.load_state_dict(model.state_dict())
-        merged.merge_lora()
-        model = merged
+        model = lora_merged(model)
     with_head = isinstance(model, SSASTClassifier) and model.pooling == "cls"
     if with_head and not class_names:
         class_names = [str(k) for k in range(model.num_classes)]
@@ -126,6 +123,15 @@ def to_hf(model: SSAST | SSASTClassifier, class_names: Sequence[str] | None = No
             hf.classifier.dense.weight.copy_(model.head[1].weight)
             hf.classifier.dense.bias.copy_(model.head[1].bias)
     return hf.eval()
+
+
+def lora_merged(model: SSASTClassifier) -> SSASTClassifier:
+    """A plain copy of a LoRA classifier with the adapter folded into the weights (the
+    model itself keeps its adapter)."""
+    copy = SSASTClassifier(model.cfg, model.num_classes, model.pooling, model.adapter)
+    copy.load_state_dict(model.state_dict())
+    copy.merge_lora()
+    return copy.eval()
 
 
 def head_state(model: SSASTClassifier) -> dict[str, torch.Tensor]:
@@ -150,7 +156,7 @@ def from_hf(hf: nn.Module, num_masked: int = 1) -> SSAST | SSASTClassifier:
     size = next(
         (
             name
-            for name, p in _sizes().items()
+            for name, p in SIZES.items()
             if (p.embed_dim, p.depth, p.num_heads)
             == (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
             and p.num_extra_tokens == 2
@@ -192,19 +198,11 @@ def class_names_of(hf: nn.Module) -> list[str]:
     return [id2label[k] for k in sorted(id2label, key=int)]
 
 
-def _sizes():
-    from ssast.config import SIZES
-
-    return SIZES
-
-
 def _pairs(
     encoder: SpectrogramEncoder, body: nn.Module
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(our tensor, the matching AST tensor) of every encoder parameter."""
     emb = body.embeddings
-    if encoder.dist_token is None:
-        raise ValueError(why_not_hf(SSASTConfig(size="base_nokd")))
     yield encoder.cls_token, emb.cls_token
     yield encoder.dist_token, emb.distillation_token
     if encoder.pos_embed.shape != emb.position_embeddings.shape:

@@ -62,16 +62,11 @@ def run_job(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
     try:
         return body()
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, ValueError, OSError) as err:
         if args.debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(err, NonFiniteLossError) else 2
 
 
 def one_line(err: BaseException) -> str:

@@ -118,7 +118,9 @@ def export_onnx(found: ModelFile, out: Path) -> tuple[list[str], list[str]]:
     patch tokens (batch, N, D)); the batch axis dynamic."""
     model, notes = found.model, []
     if isinstance(model, SSASTClassifier) and model.adapter.kind == "lora":
-        model = _merged(model)
+        from ssast.hf import lora_merged  # no transformers needed
+
+        model = lora_merged(model)
     graph = OnnxGraph(model).eval()
     T, F = model.cfg.input_tdim, model.cfg.input_fdim
     example = torch.zeros(2, T, F)
@@ -149,13 +151,6 @@ class OnnxGraph(nn.Module):
         if isinstance(self.model, SSASTClassifier):
             return self.model(fbank)
         return self.model.encode(fbank)
-
-
-def _merged(model: SSASTClassifier) -> SSASTClassifier:
-    copy = SSASTClassifier(model.cfg, model.num_classes, model.pooling, model.adapter)
-    copy.load_state_dict(model.state_dict())
-    copy.merge_lora()
-    return copy.eval()
 
 
 def _check_hf_features(found: ModelFile) -> None:
