@@ -31,8 +31,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import soundfile as sf
+import soxr
 import torch
 import torchaudio
 from torchaudio.compliance import kaldi
@@ -41,6 +43,7 @@ from pipeline.clips import featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.manifest import read_manifest
+from pipeline.storage import write_parquet
 from pipeline.synth import write_corpus
 
 FLAC_44K = (("flac", "FLAC", "PCM_16"),)
@@ -97,6 +100,60 @@ def decode_only(uris: list[str]) -> float:
         with open(uri, "rb") as f:
             sf.read(io.BytesIO(f.read()), dtype="float32", always_2d=True)
     return time.perf_counter() - start
+
+
+def profile_stages(manifest: Path) -> dict[str, float]:
+    """Milliseconds per clip of each stage of the featurizer, one thread, stage by stage
+    over every clip (the same calls featurize_table makes), then the whole function; the
+    rest of its time (row bookkeeping, checks, Arrow columns) is ``other``. Parquet write
+    and statistics are the shard task's work after featurize_table."""
+    from pipeline.audio import open_audio, read_blocks
+    from pipeline.clips import extractor_for
+    from pipeline.features import finish_waveform, mix_channels
+    from pipeline.featurize import _shard_stats
+
+    cfg = FeaturizeConfig(clips_per_shard=16)
+    rows = read_manifest(str(manifest))
+    uris = rows.column("uri").to_pylist()
+    extract = extractor_for(cfg.features)
+    t: dict[str, float] = dict.fromkeys(["read", "decode", "mix", "resample", "dc_pad", "fbank"], 0)
+    for uri in uris:
+        t0 = time.perf_counter()
+        with open(uri, "rb") as f:
+            data = f.read()
+        t1 = time.perf_counter()
+        with open_audio(data) as f:
+            rate = f.samplerate
+            x = np.concatenate(list(read_blocks(f, 0, f.frames)))
+        t2 = time.perf_counter()
+        mono = mix_channels(x, cfg.features)
+        t3 = time.perf_counter()
+        mono = soxr.resample(mono, rate, 16000, quality=cfg.features.resample_quality)
+        t4 = time.perf_counter()
+        wave = finish_waveform(mono, cfg.features, owned=True)
+        t5 = time.perf_counter()
+        extract([wave], half=True)
+        t6 = time.perf_counter()
+        for key, a, b in zip(t, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6), strict=True):
+            t[key] += b - a
+    start = time.perf_counter()
+    tables = [featurize_table(rows.slice(k, 16), cfg.features) for k in range(0, len(uris), 16)]
+    total = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for k, (features, _) in enumerate(tables):
+            write_parquet(features, f"{tmp}/part-{k}.parquet")
+        t["parquet_write"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for k, (features, errors) in enumerate(tables):
+        _shard_stats(k, rows.slice(16 * k, 16), features, errors, cfg)
+    t["statistics"] = time.perf_counter() - start
+    n = len(uris)
+    out = {f"{k}_ms": 1e3 * v / n for k, v in t.items()}
+    out["featurize_table_ms"] = 1e3 * total / n
+    staged = sum(t[k] for k in ("read", "decode", "mix", "resample", "dc_pad", "fbank"))
+    out["other_ms"] = 1e3 * (total - staged) / n
+    return out
 
 
 def _function_worker(manifest: str, queue) -> None:
@@ -176,6 +233,7 @@ def main() -> None:
         t_a = original_loop(uris)
         t_b = our_function(small)
         t_decode = decode_only(uris)
+        profile = profile_stages(small)
         cpus = os.cpu_count() or 1
         b_all_procs = plain_processes(small, cpus)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -206,6 +264,7 @@ def main() -> None:
         "peak_rss_mib_small": peak_small / 2**20,
         "peak_rss_mib_large": peak_large / 2**20,
         "peak_growth": peak_large / peak_small,
+        "profile_ms_per_clip_one_core": profile,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -12,6 +12,7 @@ import logging
 import posixpath
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -71,13 +72,13 @@ def read_manifest(source: str) -> pa.Table:
     if pc.any(pc.is_null(paths)).as_py():
         raise ValueError(f"manifest {source} has empty 'path' values")
     table = table.set_column(table.column_names.index("path"), "path", paths)
-    uris = [_resolve(p, base) for p in paths.to_pylist()]
+    uris = _resolve(paths, base)
     for col in ("start_s", "end_s"):
         if col in table.column_names:
             idx = table.column_names.index(col)
             table = table.set_column(idx, col, table.column(col).cast(pa.float64()))
-    table = table.append_column("uri", pa.array(uris, pa.string()))
-    return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
+    table = table.append_column("uri", uris)
+    return table.append_column("row_index", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
 def duplicate_rows(manifest: pa.Table) -> int:
@@ -152,7 +153,11 @@ def _local_dir(path: str) -> str:
     return posixpath.dirname(posixpath.abspath(path))
 
 
-def _resolve(path: str, base: str | None) -> str:
-    if base is None or "://" in path or path.startswith("/"):
-        return path
-    return posixpath.join(base, path)
+def _resolve(paths: pa.ChunkedArray, base: str | None) -> pa.ChunkedArray:
+    """Paths relative to ``base`` joined to it; absolute paths and URIs as they are.
+    Columnar: no Python string per row (a manifest may have millions)."""
+    if base is None:
+        return paths
+    absolute = pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://"))
+    joined = pc.binary_join_element_wise(base.rstrip("/"), paths, "/")
+    return pc.if_else(absolute, paths, joined)

@@ -29,6 +29,24 @@ def read_all(root: str, sub: str):
     return pq.read_table(f"{root}/{sub}".removeprefix("s3://"), filesystem=fs)
 
 
+def assert_shards_hold_their_rows(root: str, manifest: str, per_shard: int) -> None:
+    """Shard k's features and errors hold exactly manifest rows k*S .. k*S+S-1: each task
+    was given its own rows (and only those: no task receives the manifest)."""
+    from pipeline.manifest import read_manifest
+
+    paths = read_manifest(manifest).column("path").to_pylist()
+    fs = s3fs.S3FileSystem() if root.startswith("s3://") else None
+    base = root.removeprefix("s3://")
+    for k in range(-(-len(paths) // per_shard)):
+        held = [
+            pq.read_table(f"{base}/{sub}/part-{k:06d}.parquet", filesystem=fs)
+            .column("path")
+            .to_pylist()
+            for sub in ("features", "errors")
+        ]
+        assert sorted(held[0] + held[1]) == sorted(paths[k * per_shard : (k + 1) * per_shard])
+
+
 def test_featurize_writes_features_errors_and_statistics(ray_session, sample_corpus, tmp_path):
     manifest, good = sample_corpus
     out = str(tmp_path / "ds")
@@ -54,6 +72,7 @@ def test_featurize_writes_features_errors_and_statistics(ray_session, sample_cor
     assert info.hours == pytest.approx(sum(feats.column("duration_s").to_pylist()) / 3600)
     meta = pq.read_schema(next((tmp_path / "ds" / "features").glob("*.parquet"))).metadata
     assert b"ssast.dataset" in meta
+    assert_shards_hold_their_rows(out, str(manifest), 8)
 
 
 def test_rerun_is_idempotent_and_other_configs_are_refused(ray_session, sample_corpus, tmp_path):
@@ -133,6 +152,7 @@ def test_s3_round_trip(ray_session, sample_corpus, s3_endpoint):
     assert feats.column("uri").to_pylist()[0].startswith("s3://audio/corpus/audio/")
     assert set(read_all(out, "errors").column("reason").to_pylist()) >= {"missing", "unreadable"}
     assert load_dataset_info(out).num_rows == good
+    assert_shards_hold_their_rows(out, "s3://audio/corpus/manifest.csv", 8)
 
 
 def test_large_s3_files_are_streamed_by_ranged_reads(s3_endpoint, tmp_path, monkeypatch):
