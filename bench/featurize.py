@@ -156,18 +156,36 @@ def profile_stages(manifest: Path) -> dict[str, float]:
     return out
 
 
-def _function_worker(manifest: str, queue) -> None:
+def job_work(manifest: Path) -> float:
+    """Seconds for the Ray job's whole per-shard work (the same ``_process_shards``:
+    featurize, Parquet features and errors, statistics, marker) over 8-clip shards, one
+    process, no Ray."""
+    from pipeline.featurize import _process_shards
+
+    rows = read_manifest(str(manifest))
+    cfg = FeaturizeConfig(clips_per_shard=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for k in range(0, rows.num_rows, 8):
+            _process_shards(rows.slice(k, 8), cfg=cfg, root=tmp, num_inputs=rows.num_rows)
+        return time.perf_counter() - start
+
+
+def _function_worker(manifest: str, queue, whole_job: bool) -> None:
     torch.set_num_threads(1)
-    our_function(Path(manifest))  # warm-up: imports, mel banks, page cache
-    queue.put(our_function(Path(manifest)))
+    work = job_work if whole_job else our_function
+    work(Path(manifest))  # warm-up: imports, mel banks, page cache
+    queue.put(work(Path(manifest)))
 
 
-def plain_processes(manifest: Path, num_procs: int) -> float:
-    """Clips/s of (b) run in ``num_procs`` plain processes at once, each on the whole set."""
+def plain_processes(manifest: Path, num_procs: int, whole_job: bool = False) -> float:
+    """Clips/s of (b) (or, ``whole_job``, of the job's whole per-shard work) run in
+    ``num_procs`` plain processes at once, each on the whole set."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [
-        ctx.Process(target=_function_worker, args=(str(manifest), queue)) for _ in range(num_procs)
+        ctx.Process(target=_function_worker, args=(str(manifest), queue, whole_job))
+        for _ in range(num_procs)
     ]
     for p in procs:
         p.start()
@@ -236,6 +254,7 @@ def main() -> None:
         profile = profile_stages(small)
         cpus = os.cpu_count() or 1
         b_all_procs = plain_processes(small, cpus)
+        job_all_procs = plain_processes(small, cpus, whole_job=True)
         torch.set_num_threads(os.cpu_count() or 1)
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "4")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -261,6 +280,9 @@ def main() -> None:
         "ceiling_b_over_a_decode_bound": t_a / t_decode,
         "b_plain_processes_all_cores_clips_per_s": b_all_procs,
         "ceiling_c_over_b_plain_processes": b_all_procs * t_b / n,
+        "same_work_plain_processes_clips_per_s": job_all_procs,
+        "c_over_same_work_plain_processes": n / t_c / job_all_procs,
+        "c_large_over_same_work_plain_processes": n * args.grow / t_c_large / job_all_procs,
         "peak_rss_mib_small": peak_small / 2**20,
         "peak_rss_mib_large": peak_large / 2**20,
         "peak_growth": peak_large / peak_small,
@@ -283,6 +305,11 @@ def main() -> None:
     print(
         f"(b) in {cpus} plain processes        {b_all_procs:8.1f} clips/s   ceiling of "
         f"(c)/(b) on this machine: {b_all_procs * t_b / n:.2f}x"
+    )
+    print(
+        f"the job's whole work in {cpus} plain processes {job_all_procs:8.1f} clips/s: (c) is "
+        f"{n / t_c / job_all_procs:.0%}, on {args.grow}x the input "
+        f"{n * args.grow / t_c_large / job_all_procs:.0%}"
     )
     print(
         f"peak RSS (c): {peak_small / 2**20:.0f} MiB -> {peak_large / 2**20:.0f} MiB on "
