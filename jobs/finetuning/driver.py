@@ -3,6 +3,7 @@ run, final model selection, test scores, outputs and MLflow."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -214,6 +215,7 @@ def _finetune(
     from ray.train.torch import TorchTrainer
 
     cfg = cfg.with_init_defaults()
+    cfg = dataclasses.replace(cfg, scaling=cfg.scaling.resolved())
     prepared = prepared or prepare_data(data, cfg)
     info, task = prepared.info, prepared.task
     if cfg.model.input_tdim == "auto":

@@ -13,6 +13,16 @@ RAY_ENV_DEFAULTS = {
 test keeps the two equal)."""
 
 
+_LOCAL_CPUS: list[int] = []
+"""The CPUs of the local Ray that :func:`init_ray` started (empty: it joined one)."""
+
+
+def local_cpus() -> int | None:
+    """CPUs of the local Ray this process started, None when it joined a cluster (or a
+    Ray someone else started, as a test does): the machine a job may fill by default."""
+    return _LOCAL_CPUS[-1] if _LOCAL_CPUS else None
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster this job runs on, or start a local one.
 
@@ -43,3 +53,4 @@ def init_ray(num_cpus: int | None = None) -> None:
             dashboard_host="127.0.0.1",
             runtime_env=env,
         )
+        _LOCAL_CPUS.append(int(ray.cluster_resources().get("CPU", 1)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import reprlib
 import types
@@ -185,8 +186,10 @@ class ScalingSection:
     """Ray Train workers (one process each; DDP when > 1)."""
     use_gpu: bool = False
     """One GPU per worker, NCCL; CPU workers use gloo."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker."""
+    cpus_per_worker: float | None = None
+    """CPUs reserved per worker (and its torch threads). None: on the local Ray a job
+    starts itself, the machine's CPUs less one (kept for data loading) shared by the
+    workers, at least 1 each; on a cluster, 1."""
     max_failures: int = 3
     """Worker-group restarts (from the last checkpoint) before the run fails."""
     worker_resources: dict[str, float] = field(default_factory=dict)
@@ -195,7 +198,7 @@ class ScalingSection:
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
-        if not self.cpus_per_worker > 0:
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ValueError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
             raise ValueError(
@@ -204,6 +207,23 @@ class ScalingSection:
         bad = {k: v for k, v in self.worker_resources.items() if not _positive(v)}
         if bad:
             raise ValueError(f"scaling.worker_resources must be > 0, got {_show(bad)}")
+
+    def resolved(self) -> ScalingSection:
+        """This section with ``cpus_per_worker`` decided (see its doc); logs the choice."""
+        if self.cpus_per_worker is not None:
+            return self
+        from jobs.kit.cluster import local_cpus
+
+        total = local_cpus()
+        cpus = float(max(1, (total - 1) // self.num_workers)) if total else 1.0
+        logging.getLogger("scaling").info(
+            "scaling.cpus_per_worker=%g (%s, %d worker%s)",
+            cpus,
+            f"a local Ray of {total} CPUs, one kept for data loading" if total else "a cluster",
+            self.num_workers,
+            "s" if self.num_workers > 1 else "",
+        )
+        return dataclasses.replace(self, cpus_per_worker=cpus)
 
 
 @dataclass(frozen=True, kw_only=True)

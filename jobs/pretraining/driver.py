@@ -175,6 +175,7 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
 
     if cfg.model.input_tdim == "auto":
         cfg = with_length(cfg, _auto_length(data))
+    cfg = dataclasses.replace(cfg, scaling=cfg.scaling.resolved())
     plan = training_data(data, cfg)
     model_cfg = cfg.model.ssast_config(input_fdim=plan.features.num_mel_bins)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()

@@ -89,6 +89,10 @@ def trial_main(
     )
 
 
+TRIAL_CPUS_PER_WORKER = 1.0
+"""A trial's workers' CPUs when scaling.cpus_per_worker is unset: trials share the cluster."""
+
+
 def trial_lengths(cfg: TuneJobConfig) -> list[int]:
     """The input lengths trials can use (the data is prepared once per length)."""
     spec = cfg.tune.search_space.get("model.input_tdim")
@@ -102,7 +106,8 @@ def concurrent_trials(cfg: TuneJobConfig, total: dict[str, float]) -> int:
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
     s = cfg.scaling
-    per_trial = cfg.tune.trial_driver_cpus + s.num_workers * s.cpus_per_worker
+    cpus = TRIAL_CPUS_PER_WORKER if s.cpus_per_worker is None else s.cpus_per_worker
+    per_trial = cfg.tune.trial_driver_cpus + s.num_workers * cpus
     fits = math.floor(total.get("CPU", 0) / per_trial + 1e-9)
     if s.use_gpu:
         fits = min(fits, math.floor(total.get("GPU", 0) / s.num_workers + 1e-9))
@@ -131,6 +136,8 @@ def _tune(data: str, output: str, cfg: TuneJobConfig) -> TuneResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    if cfg.scaling.cpus_per_worker is None:  # trials share the cluster
+        cfg = replace(cfg, scaling=replace(cfg.scaling, cpus_per_worker=TRIAL_CPUS_PER_WORKER))
     for corner in corners(cfg.tune.search_space):
         finetune_config(to_dict(cfg), corner)  # every key and extreme value validates
     prepared = {

@@ -54,6 +54,22 @@ def test_steps_per_epoch_counts_the_short_last_batch():
     assert steps_per_epoch(100, world=2, batch_size=8, accumulate=2) == 4  # 32 per step
 
 
+def test_workers_fill_the_local_machine_by_default_and_one_cpu_on_a_cluster(monkeypatch, caplog):
+    import jobs.kit.cluster as cluster
+
+    def cpus(local, *overrides):
+        monkeypatch.setattr(cluster, "_LOCAL_CPUS", [local] if local else [])
+        return load_config(PretrainConfig, None, list(overrides)).scaling.resolved()
+
+    with caplog.at_level(logging.INFO, logger="scaling"):
+        assert cpus(None).cpus_per_worker == 1.0  # joined a cluster
+        assert cpus(2).cpus_per_worker == 1.0  # 2 CPUs: one kept for data loading
+        assert cpus(8).cpus_per_worker == 7.0
+    assert cpus(8, "scaling.num_workers=2").cpus_per_worker == 3.0
+    assert cpus(8, "scaling.cpus_per_worker=0.5").cpus_per_worker == 0.5  # as configured
+    assert "scaling.cpus_per_worker=7 (a local Ray of 8 CPUs" in caplog.text
+
+
 def test_tune_capacity_counts_trial_drivers_and_workers():
     cfg = load_config(TuneJobConfig, None, ["scaling.cpus_per_worker=0.5"])
     assert concurrent_trials(cfg, {"CPU": 4.0}) == 6  # 4 / (0.1 + 0.5)
