@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python jobs/pretrain.py`: make the project imp
 
 from jobs.kit.cli import config_parser, resolve_config, run_job, setup_logging
 from jobs.kit.cluster import init_ray
+from jobs.kit.timing import Phases
 from jobs.pretraining.config import PretrainConfig
 from jobs.pretraining.driver import describe, run_pretraining
 
@@ -36,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     args = ap.parse_args(argv)
     setup_logging()
+    phases = Phases()
     cfg = resolve_config(PretrainConfig, args)
-    init_ray(args.num_cpus)
-    return run_job(args, lambda: _run(args, cfg))
+    with phases("ray_start"):
+        init_ray(args.num_cpus)
+    return run_job(args, lambda: _run(args, cfg, phases))
 
 
-def _run(args, cfg: PretrainConfig) -> int:
-    print(describe(run_pretraining(args.data, args.output, cfg)))
+def _run(args, cfg: PretrainConfig, phases: Phases) -> int:
+    print(describe(run_pretraining(args.data, args.output, cfg, phases)))
     return 0
 
 

@@ -1,6 +1,6 @@
 """SSAST: self-supervised audio spectrogram transformer (Gong et al., AAAI 2022).
 
-Pure PyTorch + timm. Never imports ray, pipeline or jobs.
+Pure PyTorch (timm only as the reference of a test). Never imports ray, pipeline or jobs.
 """
 
 from ssast.adapters import AdapterConfig, adapter_parameter_names, add_adapters, merge_lora

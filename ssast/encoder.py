@@ -2,19 +2,18 @@
 
 Shapes: B batch, T frames, F mel bins, N patches, C extra tokens (2: cls + dist, or
 1: cls), D width. Parameter names equal the original's ``v.*`` keys (the timm ViT
-SSAST wraps), e.g. ``blocks.0.attn.qkv.weight``; only the ``module.v.`` prefix and the
-unused timm classifier heads differ (see :mod:`ssast.checkpoint`).
+SSAST wraps; :mod:`ssast.block` computes timm's block), e.g.
+``blocks.0.attn.qkv.weight``; only the ``module.v.`` prefix and the unused timm
+classifier heads differ (see :mod:`ssast.checkpoint`).
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
-from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn.init import trunc_normal_
 
+from ssast.block import Block
 from ssast.config import SSASTConfig
 from ssast.patching import PatchEmbed
 
@@ -32,18 +31,13 @@ class SpectrogramEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if p.num_extra_tokens == 2 else None
         self.pos_embed = nn.Parameter(torch.zeros(1, p.num_extra_tokens + cfg.num_patches, D))
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.Sequential(
-            *(
-                Block(D, p.num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
-                for _ in range(p.depth)
-            )
-        )
-        self.norm = norm(D)
+        self.blocks = nn.Sequential(*(Block(D, p.num_heads, 4.0, 1e-6) for _ in range(p.depth)))
+        self.norm = nn.LayerNorm(D, eps=1e-6)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # timm 0.4.5 DeiT init: trunc-normal(0.02) for Linear weights and tokens, zero
+        # timm 0.4.5 DeiT init (torch's trunc_normal_ draws exactly as timm's):
+        # trunc-normal(0.02) for Linear weights and tokens, zero
         # biases, unit LayerNorms; the patch conv keeps PyTorch's default (SSAST swaps it in
         # after timm's init pass).
         for m in self.blocks.modules():

@@ -188,8 +188,9 @@ class ScalingSection:
     """One GPU per worker, NCCL; CPU workers use gloo."""
     cpus_per_worker: float | None = None
     """CPUs reserved per worker (and its torch threads). None: on the local Ray a job
-    starts itself, the machine's CPUs less one (kept for data loading) shared by the
-    workers, at least 1 each; on a cluster, 1."""
+    starts itself, the machine's CPUs less one (kept for data loading; not kept when a
+    pretraining set is small enough to be held in memory) shared by the workers, at
+    least 1 each; on a cluster, 1."""
     max_failures: int = 3
     """Worker-group restarts (from the last checkpoint) before the run fails."""
     worker_resources: dict[str, float] = field(default_factory=dict)
@@ -208,18 +209,26 @@ class ScalingSection:
         if bad:
             raise ValueError(f"scaling.worker_resources must be > 0, got {_show(bad)}")
 
-    def resolved(self) -> ScalingSection:
-        """This section with ``cpus_per_worker`` decided (see its doc); logs the choice."""
+    def resolved(self, keep_for_data: bool = True) -> ScalingSection:
+        """This section with ``cpus_per_worker`` decided (see its doc); logs the choice.
+        ``keep_for_data=False``: the data needs no loading work (held in memory), so the
+        workers may share every local CPU."""
         if self.cpus_per_worker is not None:
             return self
         from jobs.kit.cluster import local_cpus
 
         total = local_cpus()
-        cpus = float(max(1, (total - 1) // self.num_workers)) if total else 1.0
+        kept = 1 if keep_for_data else 0
+        cpus = float(max(1, (total - kept) // self.num_workers)) if total else 1.0
+        where = "a cluster"
+        if total:
+            where = f"a local Ray of {total} CPUs" + (
+                ", one kept for data loading" if kept else ", the data in memory"
+            )
         logging.getLogger("scaling").info(
             "scaling.cpus_per_worker=%g (%s, %d worker%s)",
             cpus,
-            f"a local Ray of {total} CPUs, one kept for data loading" if total else "a cluster",
+            where,
             self.num_workers,
             "s" if self.num_workers > 1 else "",
         )

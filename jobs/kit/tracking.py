@@ -156,7 +156,7 @@ def _requirements() -> list[str]:
 
     return [
         f"{p}=={version(p)}"
-        for p in ("torch", "timm", "numpy", "pyarrow", "pandas", "fsspec", "soundfile", "soxr")
+        for p in ("torch", "numpy", "pyarrow", "pandas", "fsspec", "soundfile", "soxr")
     ]
 
 

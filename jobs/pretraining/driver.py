@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,11 @@ from jobs.kit.datasets import (
     DRIVER_PREPARE_MB,
     auto_length,
     input_mb,
-    prepared_dataset,
     read_rows,
     shard_files,
 )
 from jobs.kit.models import contract
+from jobs.kit.timing import Phases
 from jobs.kit.tracking import (
     Tracker,
     default_tracking_uri,
@@ -65,11 +65,16 @@ class TrainingData:
     """The training stream and the feature contract it implies."""
 
     ds: Any
-    """Ray Dataset of {"fbank": (T, F) normalised float32} rows, all passes of the run."""
+    """Ray Dataset of {"fbank": (T, F) normalised float32} rows, all passes of the run;
+    None when ``clips`` holds the data."""
     features: FeatureConfig
     normalization: Normalization
     num_rows: int | None
     """Rows per pass (None: streamed from a manifest, not counted)."""
+    clips: Any = None
+    """Small data: an ObjectRef of the (N, T, F) model input, prepared here once; each
+    worker reads it from the object store and draws its own batches (no Ray Data stream,
+    whose actors cost seconds of start-up)."""
 
 
 def passes_needed(cfg: PretrainConfig, num_rows: int | None) -> int:
@@ -113,12 +118,10 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     passes = passes_needed(cfg, num_rows)
     size_mb = input_mb(num_rows or 0, cfg.model.input_tdim, features.num_mel_bins)
     if info is not None and size_mb <= DRIVER_PREPARE_MB:
-        # Small data: prepared here once, every pass a reshuffled view of its blocks.
+        # Small data: prepared here once, into the object store for the workers.
         rows = read_rows(info.features_dir, MODEL_INPUT_COLUMNS, limit=cfg.data.limit)
-        ds = prepared_dataset(
-            rows, partial(_to_input, target_frames=cfg.model.input_tdim, norm=norm)
-        )
-        return TrainingData(_passes(ds, passes, t.seed), features, norm, num_rows)
+        clips = to_model_input(rows, cfg.model.input_tdim, norm)  # (N, T, F)
+        return TrainingData(None, features, norm, num_rows, ray.put(clips))
 
     def one_pass(seed: int):
         if info is not None:
@@ -157,8 +160,11 @@ def _to_input(batch, *, target_frames: int, norm: Normalization):
     return {"fbank": to_model_input(batch, target_frames, norm)}
 
 
-def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
+def run_pretraining(
+    data: str, storage: str, cfg: PretrainConfig, phases: Phases | None = None
+) -> PretrainResult:
     """Pretrain with Ray Train; resumes when ``storage/cfg.name`` has checkpoints.
+    ``phases`` times the driver's phases (logged, and to the MLflow run).
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
@@ -166,17 +172,21 @@ def run_pretraining(data: str, storage: str, cfg: PretrainConfig) -> PretrainRes
     """
     storage = absolute(storage)
     with OutputLock(storage):
-        return _pretrain(data, storage, cfg)
+        return _pretrain(data, storage, cfg, phases or Phases(startup=False))
 
 
-def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def _pretrain(data: str, storage: str, cfg: PretrainConfig, phases: Phases) -> PretrainResult:
+    with phases("imports"):
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
 
-    if cfg.model.input_tdim == "auto":
-        cfg = with_length(cfg, _auto_length(data))
-    cfg = dataclasses.replace(cfg, scaling=cfg.scaling.resolved())
-    plan = training_data(data, cfg)
+    with phases("data_plan"):
+        if cfg.model.input_tdim == "auto":
+            cfg = with_length(cfg, _auto_length(data))
+        plan = training_data(data, cfg)
+        # Data in the object store needs no CPU for loading; a stream does.
+        scaling = cfg.scaling.resolved(keep_for_data=plan.clips is None)
+        cfg = dataclasses.replace(cfg, scaling=scaling)
     model_cfg = cfg.model.ssast_config(input_fdim=plan.features.num_mel_bins)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     params = flatten(to_dict(cfg)) | {
@@ -185,7 +195,8 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
         "norm.mean": plan.normalization.mean,
         "norm.std": plan.normalization.std,
     }
-    run_id = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{storage}/{cfg.name}", params)
+    with phases("mlflow_run"):
+        run_id = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{storage}/{cfg.name}", params)
     marker = stop_marker(storage, cfg.name)
     clear_stop(marker)
     s = cfg.scaling
@@ -196,6 +207,8 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
             "model": model_cfg.to_dict(),
             "mlflow": (uri, run_id),
             "marker": marker,
+            "fit_start": time.time(),  # rank 0 logs its start-up and first step from here
+            "clips": plan.clips,
         },
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
@@ -208,7 +221,7 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
-        datasets={"train": plan.ds},
+        datasets={"train": plan.ds} if plan.ds is not None else None,
     )
     probe = nullcontext()
     if cfg.eval.every_steps:
@@ -222,7 +235,7 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
             plan.normalization,
             Tracker(uri, run_id),
         )
-    with probe:
+    with probe, phases("fit"):
         result = trainer.fit()
     try:
         raise_if_stopped(marker, result)
@@ -231,7 +244,8 @@ def _pretrain(data: str, storage: str, cfg: PretrainConfig) -> PretrainResult:
         raise
     metrics = dict(result.metrics or {})
     final_dir = f"{storage}/final"
-    version = _export_final(result.checkpoint, final_dir, cfg, plan, uri, run_id)
+    version = _export_final(result.checkpoint, final_dir, cfg, plan, uri, run_id, phases)
+    phases.log_to(uri, run_id)
     end_run(uri, run_id)
     return PretrainResult(
         storage, final_dir, int(metrics.get("step", 0)), metrics, uri, run_id, version
@@ -248,33 +262,41 @@ def _auto_length(data: str) -> int:
 
 
 def _export_final(
-    checkpoint, final_dir: str, cfg: PretrainConfig, plan: TrainingData, uri: str, run_id: str
+    checkpoint,
+    final_dir: str,
+    cfg: PretrainConfig,
+    plan: TrainingData,
+    uri: str,
+    run_id: str,
+    phases: Phases,
 ) -> str:
     """Write final/ssast.pt (ours, with its feature contract), final/ssast_original.pth
     (the released layout) and the config; log and register the encoder."""
     import mlflow
 
-    with checkpoint.as_directory() as d:
-        state = load_state(d)
-    model = load_checkpoint(state)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        save_checkpoint(
-            model,
-            tmp / "ssast.pt",
-            extra={"step": state["step"], **contract(plan.features, plan.normalization)},
-        )
-        torch.save(model.to_original_state_dict(), tmp / "ssast_original.pth")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        fs, root = fsspec.core.url_to_fs(final_dir)
-        fs.makedirs(root, exist_ok=True)
-        for f in tmp.iterdir():
-            fs.put_file(str(f), f"{root}/{f.name}")
-        client = mlflow.MlflowClient(uri)
-        client.log_artifact(run_id, str(tmp / "config.yaml"))
-        client.log_artifact(run_id, str(tmp / "ssast.pt"), "final")
+        with phases("export"):
+            with checkpoint.as_directory() as d:
+                state = load_state(d)
+            model = load_checkpoint(state)
+            save_checkpoint(
+                model,
+                tmp / "ssast.pt",
+                extra={"step": state["step"], **contract(plan.features, plan.normalization)},
+            )
+            torch.save(model.to_original_state_dict(), tmp / "ssast_original.pth")
+            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            fs, root = fsspec.core.url_to_fs(final_dir)
+            fs.makedirs(root, exist_ok=True)
+            for f in tmp.iterdir():
+                fs.put_file(str(f), f"{root}/{f.name}")
+            client = mlflow.MlflowClient(uri)
+            client.log_artifact(run_id, str(tmp / "config.yaml"))
+            client.log_artifact(run_id, str(tmp / "ssast.pt"), "final")
         name = cfg.mlflow.registered_model or f"ssast-{cfg.model.size}-{cfg.model.geometry}"
-        return register_encoder(uri, run_id, tmp / "ssast.pt", name)
+        with phases("registry"):
+            return register_encoder(uri, run_id, tmp / "ssast.pt", name)
 
 
 def describe(result: PretrainResult) -> str:

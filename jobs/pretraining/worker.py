@@ -12,6 +12,7 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 
 from jobs.kit.optim import LrSchedule, make_optimizer, set_lr, single_group
@@ -33,7 +34,10 @@ LOSS_KEYS = {
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": PretrainConfig, "model": SSASTConfig
-    dict, "mlflow": (uri, run_id), "marker": the non-finite stop marker}."""
+    dict, "mlflow": (uri, run_id), "marker": the non-finite stop marker, "fit_start":
+    the driver's time.time() when it started the run, "clips": None (the "train" dataset
+    shard) or an ObjectRef of the (N, T, F) model input}."""
+    loop_start = time.time()
     import ray.train
     import ray.train.torch
 
@@ -50,7 +54,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     gen = worker_generator(cfg.train.seed, rank, step, device)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     tracker = Tracker(*config["mlflow"]) if rank == 0 else None
-    batches = _batches(ray.train.get_dataset_shard("train"), cfg)
+    if config.get("clips") is not None:
+        batches = _memory_batches(ray.get(config["clips"]), cfg, rank, world)
+    else:
+        batches = _batches(ray.train.get_dataset_shard("train"), cfg)
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
     if rank == 0:
         logger.info(
@@ -58,6 +65,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         if step:
             tracker.log({"train/resumed_from_step": step}, step)
+        # From the driver's fit() to here: controller, worker group, process group.
+        startup = {"time/worker_start_s": loop_start - config.get("fit_start", loop_start)}
+    first_step = step + 1
 
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     interval_start, wait, steps_in_interval = time.perf_counter(), 0.0, 0
@@ -86,6 +96,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
         step += 1
         steps_in_interval += 1
+        if step == first_step and rank == 0:
+            # Model build, the data stream's start and the first step.
+            startup["time/first_step_s"] = time.time() - loop_start
+            for k, v in startup.items():
+                logger.info("phase %s: %.2f s", k.removeprefix("time/").removesuffix("_s"), v)
+            tracker.log(startup, step)
         if step % cfg.train.log_every and step != cfg.train.max_steps:
             continue
         elapsed = time.perf_counter() - interval_start
@@ -133,6 +149,26 @@ def _batches(shard, cfg: PretrainConfig):
                 f"a worker's data shard has fewer than train.batch_size="
                 f"{cfg.train.batch_size} rows; use a smaller batch or fewer workers"
             )
+        epoch += 1
+
+
+def _memory_batches(clips: np.ndarray, cfg: PretrainConfig, rank: int, world: int):
+    """Endless stream of {"fbank": (B, T, F)} batches of in-memory clips (N, T, F): each
+    pass a fresh permutation (the same on every rank: seeded by train.seed and the pass),
+    this rank's equal share of it (every world-th clip), whole batches only."""
+    B = cfg.train.batch_size
+    share = len(clips) // world
+    if share < B:
+        raise ValueError(
+            f"a worker's share of the data has {share} rows, fewer than train.batch_size="
+            f"{B}; use a smaller batch or fewer workers"
+        )
+    epoch = 0
+    while True:
+        order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(clips))
+        mine = order[rank::world][:share]
+        for k in range(0, share - B + 1, B):
+            yield {"fbank": torch.from_numpy(clips[mine[k : k + B]])}
         epoch += 1
 
 

@@ -97,6 +97,14 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
         "train/lr",
         "perf/samples_per_s",
         "perf/data_wait_fraction",
+        # Where the run's wall time went (jobs/kit/timing.py), driver and rank 0.
+        "time/data_plan_s",
+        "time/mlflow_run_s",
+        "time/fit_s",
+        "time/export_s",
+        "time/registry_s",
+        "time/worker_start_s",
+        "time/first_step_s",
     ):
         assert key in run_info.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}

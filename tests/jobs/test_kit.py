@@ -284,3 +284,27 @@ def test_every_job_that_writes_an_output_refuses_one_being_written(tmp_path):
             job(out)
         assert not isinstance(err.value, OutputBusyError), name
         assert not os.path.exists(f"{out}/_lock.json"), name  # released on the way out
+
+
+def test_in_memory_pretraining_batches_split_each_pass_between_ranks():
+    import numpy as np
+    import pytest
+
+    from jobs.kit.config import load_config
+    from jobs.pretraining.config import PretrainConfig
+    from jobs.pretraining.worker import _memory_batches
+
+    clips = np.arange(11, dtype=np.float32).reshape(11, 1, 1)  # clip k holds the value k
+    cfg = load_config(PretrainConfig, None, ["train.batch_size=2", "train.seed=3"])
+    seen = []
+    for rank in (0, 1):
+        stream = _memory_batches(clips, cfg, rank, 2)
+        # 5 clips per rank (11 // 2), so 2 whole batches a pass; then the next pass.
+        seen.append([next(stream)["fbank"].flatten().tolist() for _ in range(4)])
+    first = [v for r in seen for b in r[:2] for v in b]
+    assert len(set(first)) == 8  # one pass: the ranks' batches are disjoint
+    assert seen[0][:2] != seen[0][2:]  # each pass its own order
+    again = _memory_batches(clips, cfg, 0, 2)
+    assert [next(again)["fbank"].flatten().tolist() for _ in range(4)] == seen[0]  # seeded
+    with pytest.raises(ValueError, match="fewer than train.batch_size=2"):
+        next(_memory_batches(clips[:3], cfg, 0, 2))
