@@ -8,8 +8,11 @@ column (``label``, ``split``, ...) is carried unchanged into the features table.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
+import os
 import posixpath
+from collections.abc import Iterable, Iterator
 
 import fsspec
 import numpy as np
@@ -18,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
 RESERVED = (
@@ -35,6 +39,10 @@ RESERVED = (
     "row_index",
 )
 """Columns the pipeline writes; a manifest may not bring its own."""
+LIST_PAGE_SIZE = 1000
+"""Keys per S3 listing request (S3's own maximum): a directory input arrives page by page."""
+CHUNK_ROWS = 10_000
+"""Paths per Arrow chunk while listing a directory: the driver holds no list of every path."""
 
 logger = logging.getLogger(__name__)
 
@@ -121,24 +129,94 @@ def _parse_table(fs, path: str, source: str) -> pa.Table:
 
 
 def _list_audio(fs, root: str, source: str) -> pa.Table:
-    pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**"
-    found = sorted(p for p in fs.glob(pattern) if p.lower().endswith(AUDIO_EXTENSIONS))
-    named = [p for p in found if _is_utf8(p)]
-    if len(named) < len(found):  # undecodable names: not storable as text, listed in the log
-        bad = [p.encode("utf-8", "surrogateescape") for p in found if not _is_utf8(p)]
+    """Every audio file under a directory (or matching a glob) as a sorted ``path`` column.
+
+    The listing streams: names arrive a page (S3) or a directory (local and other
+    filesystems) at a time and are kept as Arrow chunks of at most ``CHUNK_ROWS`` paths, so
+    the driver holds one page of Python objects at a time and millions of objects cost
+    only their bytes. A glob keeps ``fs.glob`` (its matching needs the names anyway).
+    """
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if any(ch in root for ch in "*?["):
+        names = iter(fs.glob(root))
+    elif protocol in ("s3", "s3a"):
+        names = itertools.chain.from_iterable(_s3_pages(fs, root, LIST_PAGE_SIZE))
+    elif isinstance(fs, LocalFileSystem):
+        names = _local_files(root)
+    else:
+        names = (posixpath.join(top, f) for top, _, files in fs.walk(root) for f in files)
+    paths = _collect_audio(names, source)
+    if len(paths) == 0:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
+    paths = paths.take(pc.sort_indices(paths))  # byte order of UTF-8 = code point order
+    if protocol not in ("file", "local"):
+        paths = pc.binary_join_element_wise(f"{protocol}://", paths, "")
+    return pa.table({"path": paths})
+
+
+def _collect_audio(names: Iterable[str], source: str) -> pa.ChunkedArray:
+    """The audio files among ``names`` as Arrow chunks of at most ``CHUNK_ROWS`` paths.
+    Undecodable names (not storable as text) are skipped and listed in the log."""
+    chunks: list[pa.Array] = []
+    buffer: list[str] = []
+    bad: list[bytes] = []
+    num_bad = 0
+    for name in names:
+        if not name.lower().endswith(AUDIO_EXTENSIONS):
+            continue
+        if not _is_utf8(name):
+            num_bad += 1
+            if len(bad) < 5:
+                bad.append(name.encode("utf-8", "surrogateescape"))
+            continue
+        buffer.append(name)
+        if len(buffer) == CHUNK_ROWS:
+            chunks.append(pa.array(buffer, pa.string()))
+            buffer = []
+    if buffer:
+        chunks.append(pa.array(buffer, pa.string()))
+    if num_bad:
         logger.warning(
             "%s: skipping %d files whose names are not UTF-8 (rename them): %s",
             source,
-            len(bad),
-            bad[:5],
+            num_bad,
+            bad,
         )
-        found = named
-    if not found:
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol not in ("file", "local"):
-        found = [f"{protocol}://{p}" for p in found]
-    return pa.table({"path": pa.array(found, pa.string())})
+    return pa.chunked_array(chunks, pa.string())
+
+
+def _s3_pages(fs, root: str, page_size: int) -> Iterator[list[str]]:
+    """Object names (``bucket/key``) under ``root``, one list per ``list_objects_v2``
+    request of at most ``page_size`` keys. No delimiter: the whole tree comes in one
+    paginated listing, not one listing per folder. ``call_s3`` retries each page."""
+    bucket, key, _ = fs.split_path(root)
+    prefix = f"{key.rstrip('/')}/" if key else ""
+    request = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    while True:
+        page = fs.call_s3("list_objects_v2", **request)
+        yield [f"{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _local_files(root: str) -> Iterator[str]:
+    """Paths of the files under a local directory, one ``os.scandir`` at a time (no stat
+    per regular file). Symlinks to files are listed; symlinked folders are not followed (as
+    fsspec's walk does), so a link back up cannot loop. An unreadable folder is skipped
+    with a warning."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.is_dir():
+                        yield entry.path
+                    elif not entry.is_symlink():
+                        folders.append(entry.path)
+        except OSError as err:
+            logger.warning("%s: skipped while listing: %s", folder, err)
 
 
 def _is_utf8(name: str) -> bool:

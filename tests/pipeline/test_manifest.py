@@ -77,3 +77,26 @@ def test_names_that_are_not_utf8_are_skipped_and_the_rest_listed(tmp_path, caplo
 def test_duplicate_rows_are_counted():
     rows = pa.table({"uri": ["a", "b", "a", "a"], "start_s": [0.0, 0.0, 0.0, 1.0]})
     assert duplicate_rows(rows) == 1
+
+
+def test_a_nested_directory_lists_exactly_its_audio_files_sorted(tmp_path, monkeypatch):
+    """Walked folder by folder into Arrow chunks (3 paths each here), then sorted: nested
+    folders, any case of extension, a symlink to a file; not other files, a folder named
+    like audio, or a symlinked folder (not followed, so a link back up cannot loop)."""
+    import pipeline.manifest as manifest
+
+    monkeypatch.setattr(manifest, "CHUNK_ROWS", 3)
+    audio = ["b.WAV", "a/z.flac", "a/deep/er/x.Mp3", "a/deep/y.ogg", "c/1.wav", "c/2.AIFF"]
+    others = ["notes.txt", "a/x.wav.txt", "a/wav", "c/.DS_Store", "takes.wav/readme.md"]
+    for name in audio + others:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "s.opus").write_bytes(b"")
+    (tmp_path / "in" / "a" / "s.opus").symlink_to(tmp_path / "elsewhere" / "s.opus")
+    (tmp_path / "in" / "linked.wav").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "in" / "a" / "deep" / "up").symlink_to(tmp_path / "in" / "a")
+    table = read_manifest(str(tmp_path / "in"))
+    wanted = sorted(str(tmp_path / "in" / n) for n in [*audio, "a/s.opus"])
+    assert table.column("path").to_pylist() == wanted
+    assert table.column("row_index").to_pylist() == list(range(len(wanted)))
