@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 Size = Literal["tiny", "small", "base", "base_nokd"]
 MaskStrategy = Literal["auto", "cluster", "random"]
+PosInit = Literal["trunc_normal", "sincos"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,10 @@ class SSASTConfig:
     """Block sides for cluster masking; one side is drawn uniformly per clip."""
     generative_weight: float = 10.0
     """lambda in loss = nce + lambda * mse."""
+    pos_init: PosInit = "trunc_normal"
+    """Initial patch positions: trunc_normal (the original's, std 0.02) or sincos (a 2-D
+    sine-cosine table, as MAE's, learned from there). Only the start of training differs;
+    checkpoints are the same either way."""
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -102,6 +107,8 @@ class SSASTConfig:
                 f"num_masked must be in [1, {self.num_patches}] (the number of patches), "
                 f"got {self.num_masked}"
             )
+        if self.pos_init not in ("trunc_normal", "sincos"):
+            raise ValueError(f"pos_init must be trunc_normal or sincos, got {self.pos_init!r}")
         if self.generative_weight < 0:
             raise ValueError(f"generative_weight must be >= 0, got {self.generative_weight}")
 

@@ -15,7 +15,7 @@ from torch.nn.init import trunc_normal_
 
 from ssast.block import Block
 from ssast.config import SSASTConfig
-from ssast.patching import PatchEmbed
+from ssast.patching import PatchEmbed, sincos_positions
 
 
 class SpectrogramEncoder(nn.Module):
@@ -34,6 +34,9 @@ class SpectrogramEncoder(nn.Module):
         self.blocks = nn.Sequential(*(Block(D, p.num_heads, 4.0, 1e-6) for _ in range(p.depth)))
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self._init_weights()
+        if cfg.pos_init == "sincos":  # after the draws above: the rest of the init is unchanged
+            with torch.no_grad():
+                self.pos_embed[0, self.num_extra_tokens :] = sincos_positions(self.grid, D)
 
     def _init_weights(self) -> None:
         # timm 0.4.5 DeiT init (torch's trunc_normal_ draws exactly as timm's):

@@ -37,6 +37,29 @@ def patchify(
     return grid.reshape(B, f_dim * t_dim, fs * ts)  # (B, N, P)
 
 
+def sincos_positions(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """A 2-D sine-cosine position table (as MAE's), frequency-major like the tokens.
+
+    The first half of the width encodes the frequency index, the second half the time
+    index, each as [sin(i w_k), cos(i w_k)] with w_k = 10000^(-k / (dim / 4)).
+
+    Returns:
+        (f_dim * t_dim, dim) float32, values in [-1, 1].
+    """
+    if dim % 4:
+        raise ValueError(f"sincos positions need a width divisible by 4, got {dim}")
+    f_dim, t_dim = grid
+    omega = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+
+    def axis(n: int) -> torch.Tensor:  # (n, dim / 2)
+        angle = torch.arange(n, dtype=torch.float64)[:, None] * omega
+        return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+    f = axis(f_dim).repeat_interleave(t_dim, dim=0)  # token n -> n // t_dim
+    t = axis(t_dim).repeat(f_dim, 1)  # token n -> n % t_dim
+    return torch.cat([f, t], dim=1).float()
+
+
 class PatchEmbed(nn.Module):
     """Single-channel patch projection: a Conv2d (kernel = patch shape) over (B, 1, F, T).
 

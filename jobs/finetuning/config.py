@@ -44,6 +44,9 @@ class FtModelSection:
     every block's MLP (ssast/adapters.py). none: train the whole encoder."""
     adapter_rank: int = 8
     """Rank r of the LoRA update or width of the bottleneck."""
+    pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
+    """Initial patch positions for init=scratch: the original's trunc_normal (std 0.02)
+    or a 2-D sin-cos table (as model.pos_init of pretraining)."""
 
     def __post_init__(self) -> None:
         if self.input_tdim != "auto":
@@ -67,6 +70,7 @@ class FtModelSection:
             input_fdim=input_fdim,
             input_tdim=check_length(self.input_tdim),
             num_masked=1,
+            pos_init=self.pos_init,
         )
 
 

@@ -30,6 +30,11 @@ class ModelSection:
     """lambda in nce + lambda * mse."""
     two_pass: bool = False
     """The original's two encoder passes with independent masks (slower; faithful)."""
+    pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
+    """Initial patch positions: the original's trunc_normal (std 0.02) or a 2-D sin-cos
+    table (learned from there). On small data with trunc_normal the outputs at masked
+    positions collapse to one vector per clip (InfoNCE stays at chance); sincos starts
+    them apart."""
 
     def __post_init__(self) -> None:
         if self.input_tdim != "auto":
@@ -64,6 +69,7 @@ class ModelSection:
             input_tdim=check_length(self.input_tdim),
             num_masked=self.masked(input_fdim),
             generative_weight=self.generative_weight,
+            pos_init=self.pos_init,
         )
 
 
