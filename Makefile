@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# The full small-data recipe: make demo DEMO_ARGS="--suite-scale 1 --pretrain train.max_steps=1000"
+# The full small-data recipe: make demo DEMO_ARGS="--suite-scale 1 --pretrain train.max_steps=600"
 demo: $(STAMP)
 	$(PY) -m jobs.demo --output $(DEMO_DIR) $(DEMO_ARGS)
 

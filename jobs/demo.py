@@ -5,7 +5,7 @@ scratch and pretrained, side by side.
 
     make demo                      # = python -m jobs.demo --output demo_out
     python -m jobs.demo --output demo_out --suite-scale 1 --trials 8 \
-        --pretrain train.max_steps=1000 --bench num_seeds=3          # the full recipe
+        --pretrain train.max_steps=600 --bench num_seeds=3           # the full recipe
 
 Writes under --output: corpus/ (sample audio + manifest), features/ (its dataset), suite/
 (the evaluation suite's audio and suite.yaml), pool/ (the pool's features, 2 s segments),
@@ -59,8 +59,8 @@ SWEEP = [
 ]
 """The demo sweep: short trials, two at a time on a 2-core machine."""
 PRETRAIN = ["train.max_steps=300", "train.checkpoint_every=100", "eval.every_steps=100"]
-"""The demo's pretraining: the small recipe, shortened (the recipe's 1000 steps take about
-25 minutes here)."""
+"""The demo's pretraining: the small recipe, shortened (the recipe's 600 steps take about
+17 minutes here on the full pool)."""
 BENCH = [
     "methods=[baseline,probe,finetune]",
     "num_seeds=2",

@@ -209,13 +209,39 @@ def _benchmark(
             ),
         }
         pending.append(remote.remote(spec, set_refs[task], payloads.get(r["encoder"]), template))
-    rows = [row for rows in ray.get(pending) for row in rows]
+    rows = [row for rows in _gather(pending, runs) for row in rows]
     table = format_table(rows)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     run_id = _log(uri, cfg, refs, suite_path, output, rows, table)
     _write(output, rows, table)
     logger.info("benchmark took %.0f s", time.perf_counter() - start)
     return BenchmarkResult(output, rows, table, uri, run_id)
+
+
+def _gather(pending: list, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The runs' results in plan order, logging each as it finishes (a suite with
+    fine-tuning runs for many minutes)."""
+    import ray
+
+    index = {ref: k for k, ref in enumerate(pending)}
+    results: list = [None] * len(pending)
+    waiting = list(pending)
+    while waiting:
+        (ref,), waiting = ray.wait(waiting, num_returns=1)
+        k = index[ref]
+        results[k] = ray.get(ref)
+        r, done = runs[k], len(pending) - len(waiting)
+        logger.info(
+            "run %d/%d: %s %s %s seed %d: test accuracy %.3f",
+            done,
+            len(pending),
+            r["task"],
+            r["method"],
+            r["encoder"],
+            r["seed"],
+            results[k][0]["test/accuracy"],
+        )
+    return results
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
