@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Size = Literal["tiny", "small", "base", "base_nokd"]
 MaskStrategy = Literal["auto", "cluster", "random"]
@@ -107,8 +107,10 @@ class SSASTConfig:
                 f"num_masked must be in [1, {self.num_patches}] (the number of patches), "
                 f"got {self.num_masked}"
             )
-        if self.pos_init not in ("trunc_normal", "sincos"):
-            raise ValueError(f"pos_init must be trunc_normal or sincos, got {self.pos_init!r}")
+        if self.pos_init not in get_args(PosInit):
+            raise ValueError(
+                f"pos_init must be one of {', '.join(get_args(PosInit))}, got {self.pos_init!r}"
+            )
         if self.generative_weight < 0:
             raise ValueError(f"generative_weight must be >= 0, got {self.generative_weight}")
 

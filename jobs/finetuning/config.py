@@ -14,6 +14,7 @@ from typing import Literal
 from jobs.kit.config import MlflowSection, OptimSection, ScalingSection, check_length
 from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, AdapterConfig, SSASTConfig
+from ssast.config import PosInit
 
 logger = logging.getLogger("finetune")
 
@@ -44,7 +45,7 @@ class FtModelSection:
     every block's MLP (ssast/adapters.py). none: train the whole encoder."""
     adapter_rank: int = 8
     """Rank r of the LoRA update or width of the bottleneck."""
-    pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
+    pos_init: PosInit = "trunc_normal"
     """Initial patch positions for init=scratch: the original's trunc_normal (std 0.02)
     or a 2-D sin-cos table (as model.pos_init of pretraining)."""
 

@@ -9,6 +9,7 @@ from jobs.kit.config import MlflowSection, OptimSection, ScalingSection, check_l
 from pipeline.features import FeatureConfig
 from pipeline.normalization import check_choice
 from ssast import GEOMETRIES, SSASTConfig
+from ssast.config import PosInit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +31,7 @@ class ModelSection:
     """lambda in nce + lambda * mse."""
     two_pass: bool = False
     """The original's two encoder passes with independent masks (slower; faithful)."""
-    pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
+    pos_init: PosInit = "trunc_normal"
     """Initial patch positions: the original's trunc_normal (std 0.02) or a 2-D sin-cos
     table (learned from there). On small data with trunc_normal the outputs at masked
     positions collapse to one vector per clip (InfoNCE stays at chance); sincos starts
