@@ -284,10 +284,10 @@ def _process_shards(
 
     torch.set_num_threads(max(1, int(cfg.num_cpus_per_task)))
     S = cfg.clips_per_shard
-    index = rows.column("row_index").to_numpy()
+    shard = rows.column("row_index").to_numpy() // S
     done = []
-    for k in np.unique(index // S).tolist():
-        mine = rows.filter(pa.array(index // S == k))
+    for k in np.unique(shard).tolist():
+        mine = rows.filter(pa.array(shard == k))
         expected = min(S, num_inputs - k * S)
         if mine.num_rows != expected or mine.column("row_index")[0].as_py() != k * S:
             raise RuntimeError(  # a shard split across batches would commit half of it

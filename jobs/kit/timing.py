@@ -24,6 +24,11 @@ def process_age_s() -> float:
     return max(0.0, time.time() - psutil.Process(os.getpid()).create_time())
 
 
+def log_phase(name: str, seconds: float) -> None:
+    """The line ``phase NAME: S s`` (bench/fixed_cost.py reads these)."""
+    logger.info("phase %s: %.2f s", name, seconds)
+
+
 class Phases:
     """The driver's phase clock. ``startup`` (from process start to this object; off in a
     process that runs other things first) is the first phase; each
@@ -44,7 +49,7 @@ class Phases:
 
     def _record(self, name: str, seconds: float) -> None:
         self.times[name] = self.times.get(name, 0.0) + seconds
-        logger.info("phase %s: %.2f s", name, seconds)
+        log_phase(name, seconds)
 
     def log_to(self, uri: str, run_id: str) -> None:
         """The phases so far as ``time/<name>_s`` metrics of the run."""

@@ -114,14 +114,14 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
         features, stats, num_rows = cfg.features or FeatureConfig(), None, None
     norm = choose_normalization(cfg.data.normalization, dataset=stats)
     norm = dataclasses.replace(norm, clip_mean=cfg.data.clip_mean)
-    t = cfg.train
-    passes = passes_needed(cfg, num_rows)
     size_mb = input_mb(num_rows or 0, cfg.model.input_tdim, features.num_mel_bins)
     if info is not None and size_mb <= DRIVER_PREPARE_MB:
         # Small data: prepared here once, into the object store for the workers.
         rows = read_rows(info.features_dir, MODEL_INPUT_COLUMNS, limit=cfg.data.limit)
         clips = to_model_input(rows, cfg.model.input_tdim, norm)  # (N, T, F)
         return TrainingData(None, features, norm, num_rows, ray.put(clips))
+    t = cfg.train
+    passes = passes_needed(cfg, num_rows)
 
     def one_pass(seed: int):
         if info is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from jobs.kit.optim import LrSchedule, make_optimizer, set_lr, single_group
+from jobs.kit.timing import log_phase
 from jobs.kit.tracking import Tracker
 from jobs.kit.training import all_finite, record_stop, report, restore, worker_generator
 from jobs.pretraining.config import PretrainConfig
@@ -100,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Model build, the data stream's start and the first step.
             startup["time/first_step_s"] = time.time() - loop_start
             for k, v in startup.items():
-                logger.info("phase %s: %.2f s", k.removeprefix("time/").removesuffix("_s"), v)
+                log_phase(k.removeprefix("time/").removesuffix("_s"), v)
             tracker.log(startup, step)
         if step % cfg.train.log_every and step != cfg.train.max_steps:
             continue
