@@ -26,8 +26,8 @@ import io
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +39,8 @@ import torch
 import torchaudio
 from torchaudio.compliance import kaldi
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the bench package
+from bench.sampling import PeakSampler  # noqa: E402
 from pipeline.clips import featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.featurize import FeaturizeConfig, featurize
@@ -196,40 +198,24 @@ def plain_processes(manifest: Path, num_procs: int, whole_job: bool = False) -> 
     return sum(n / t for t in seconds)
 
 
-class PeakRss:
-    """Peak of the summed RSS of this process and all its descendants."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def tree_rss() -> int:
+    """Summed RSS of this process and all its descendants, bytes."""
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
 
 
 def ray_job(manifest: Path, out: Path) -> tuple[float, int]:
-    with PeakRss() as rss:
+    with PeakSampler(tree_rss, 0.2) as rss:
         start = time.perf_counter()
         featurize(str(manifest), str(out), FeaturizeConfig(clips_per_shard=8))
         elapsed = time.perf_counter() - start
-    return elapsed, rss.peak
+    return elapsed, int(rss.peak or 0)
 
 
 def main() -> None:

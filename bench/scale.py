@@ -21,7 +21,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,38 +32,23 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from bench.sampling import PeakSampler  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class PlasmaPeak:
-    """Peak bytes in use in the local object store, sampled every second."""
+def plasma_mb() -> float | None:
+    """MiB in use in the local object store (None: this sample was lost)."""
+    from ray._private.internal_api import memory_summary
 
-    def __init__(self) -> None:
-        self.peak_mb: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        from ray._private.internal_api import memory_summary
-
-        while not self._stop.wait(1.0):
-            try:
-                text = memory_summary(stats_only=True)
-            except Exception:  # noqa: BLE001 - a sample lost is not a failed benchmark
-                continue
-            m = re.search(r"Plasma memory usage (\d+) MiB", text)
-            if m:
-                self.peak_mb = max(self.peak_mb or 0.0, float(m.group(1)))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    try:
+        text = memory_summary(stats_only=True)
+    except Exception:  # noqa: BLE001 - a sample lost is not a failed benchmark
+        return None
+    m = re.search(r"Plasma memory usage (\d+) MiB", text)
+    return float(m.group(1)) if m else None
 
 
 def featurize_child(manifest: str, out: str) -> dict:
@@ -74,7 +58,7 @@ def featurize_child(manifest: str, out: str) -> dict:
     start = time.perf_counter()
     init_ray()
     ray_s = time.perf_counter() - start
-    with PlasmaPeak() as plasma:
+    with PeakSampler(plasma_mb, 1.0) as plasma:
         run = time.perf_counter()
         summary = featurize(manifest, out, FeaturizeConfig(max_error_fraction=0.0))
         wall = time.perf_counter() - run
@@ -88,7 +72,7 @@ def featurize_child(manifest: str, out: str) -> dict:
         "wall_s": round(wall, 1),
         "ms_per_row": round(1e3 * wall / n, 4),
         "driver_peak_rss_mb": round(peak_rss_mb()),
-        "object_store_peak_mb": plasma.peak_mb,
+        "object_store_peak_mb": plasma.peak,
     }
 
 
