@@ -11,7 +11,9 @@ On a cluster:
 
 --encoder (repeatable) is 'scratch' (the same architecture as the other encoders, random
 weights, one run per seed) or any model reference (file, directory, s3://, runs:/,
-models:/). --suite is a YAML file `tasks: {NAME: {manifest: PATH} or {data: DIR}}` whose
+models:/), optionally named: NAME=REF. References given the same NAME are one column
+whose mean and spread pool their runs (e.g. one recipe pretrained with several seeds).
+--suite is a YAML file `tasks: {NAME: {manifest: PATH} or {data: DIR}}` whose
 tasks have label and split (train / valid / test) columns; manifests are featurized once
 into OUTPUT/features/. Writes OUTPUT/results.md (test accuracy, mean +- std over seeds)
 and OUTPUT/results.json, and logs an MLflow parent run with one child per task x method x
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         "--encoder",
         action="append",
         required=True,
-        help="scratch | CHECKPOINT | DIR | runs:/... | models:/... (repeatable)",
+        help="scratch | [NAME=]REF, REF: CHECKPOINT | DIR | runs:/... | models:/... "
+        "(repeatable; one NAME for several REFs pools them in one column)",
     )
     ap.add_argument("--suite", required=True, help="suite YAML (tasks: {NAME: {manifest}})")
     ap.add_argument("--output", required=True, help="output directory (local, s3://)")

@@ -169,20 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         "clips/s)"
     )
     bench_cfg = load_config(BenchmarkConfig, None, [*BENCH, *args.bench])
-    encoder = f"{pretrained.final_dir}/ssast.pt"
+    encoder = f"pretrained={pretrained.final_dir}/ssast.pt"  # its column: "pretrained"
     bench = run_benchmark(
         [encoder, "scratch"], str(out / "suite" / "suite.yaml"), str(out / "benchmark"), bench_cfg
     )
     print(report(out, pretrained, runs, sweep, time.perf_counter() - start))
-    print(comparison(bench, encoder, pretrained))
+    print(comparison(bench, pretrained))
     return 0
 
 
-def comparison(bench, encoder: str, pretrained) -> str:
-    """The evaluation suite's table with short column names, and the probe curve."""
+def comparison(bench, pretrained) -> str:
+    """The evaluation suite's table, and the probe curve."""
     import mlflow
 
-    table = bench.table.replace(f": {encoder}", ": pretrained")
+    table = bench.table
     client = mlflow.MlflowClient(pretrained.mlflow_uri)
     curve = client.get_metric_history(pretrained.mlflow_run_id, "probe/events/accuracy")
     points = ", ".join(f"step {m.step}: {m.value:.3f}" for m in sorted(curve, key=lambda m: m.step))

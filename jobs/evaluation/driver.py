@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class Encoder:
     """One encoder under test: a model reference, or 'scratch' (random weights)."""
 
     name: str
+    """Its column in the table: the reference, or the group's name (``NAME=REF``)."""
+    ref: str
     payload: dict | None
     """Our checkpoint format; None for scratch."""
     features: FeatureConfig
@@ -51,7 +54,8 @@ class Encoder:
 class BenchmarkResult:
     output: str
     rows: list[dict[str, Any]]
-    """One per run: task, method, encoder, seed, valid/accuracy, test/accuracy, l2."""
+    """One per run: task, method, encoder, member, seed, valid/accuracy, test/accuracy,
+    l2, seconds (the run's wall time in its Ray task)."""
     table: str
     mlflow_uri: str
     mlflow_run_id: str
@@ -74,25 +78,48 @@ def read_suite(path: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def load_encoders(refs: list[str], cfg: BenchmarkConfig) -> list[Encoder]:
+GROUP = re.compile(r"([A-Za-z_][\w.-]*)=(.+)")
+
+
+def parse_encoder(arg: str) -> tuple[str, str]:
+    """``--encoder`` value -> (name, reference). ``NAME=REF`` puts REF in the group NAME
+    (the table pools a group's runs: its spread covers the members, e.g. pretraining
+    seeds, as well as the seeds of each); a bare REF is its own group."""
+    m = GROUP.fullmatch(arg)
+    if m is None:
+        return arg, arg
+    name, ref = m.groups()
+    if "scratch" in (name, ref):
+        raise ValueError(
+            f"--encoder {arg}: scratch is its own column (give it as --encoder scratch); "
+            "a group NAME=REF holds model references"
+        )
+    return name, ref
+
+
+def load_encoders(args: list[str], cfg: BenchmarkConfig) -> list[Encoder]:
     """Read every reference once on the driver; all must share one feature config."""
-    out = []
-    for ref in refs:
+    out, seen = [], set()
+    for arg in args:
+        name, ref = parse_encoder(arg)
+        if ref in seen:
+            raise ValueError(f"--encoder {ref} is given twice; give each encoder once")
+        seen.add(ref)
         if ref == "scratch":
-            out.append(Encoder("scratch", None, FeatureConfig(), None))
+            out.append(Encoder("scratch", "scratch", None, FeatureConfig(), None))
             continue
         found = read_model(ref)
         encoder_of(found.model, ref)  # refuses what cannot be an encoder, before any work
-        out.append(Encoder(ref, found.payload, found.features, found.normalization))
+        out.append(Encoder(name, ref, found.payload, found.features, found.normalization))
     trained = [e for e in out if e.payload is not None]
     features = trained[0].features if trained else FeatureConfig()
     for e in trained[1:]:
         if not e.features.same_frames(features):
             raise ValueError(
-                f"encoders {trained[0].name} and {e.name} were trained on other "
+                f"encoders {trained[0].ref} and {e.ref} were trained on other "
                 "feature settings; compare them on separate runs"
             )
-    return [Encoder(e.name, e.payload, features, e.normalization) for e in out]
+    return [dataclasses.replace(e, features=features) for e in out]
 
 
 def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str, str]:
@@ -124,19 +151,21 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
 def plan_runs(
     tasks: list[str], encoders: list[Encoder], cfg: BenchmarkConfig
 ) -> list[dict[str, Any]]:
-    """Every (task, method, encoder, seed) to run; deterministic ones once."""
+    """Every (task, method, encoder, member, seed) to run; deterministic ones once (the
+    baseline, a trained encoder's probe)."""
     runs = []
     for task in tasks:
         if "baseline" in cfg.methods:
-            runs.append({"task": task, "method": "baseline", "encoder": "-", "seed": 0})
-        for e in encoders if "probe" in cfg.methods else []:
-            seeds = range(cfg.num_seeds) if e.payload is None else range(1)
-            runs += [{"task": task, "method": "probe", "encoder": e.name, "seed": s} for s in seeds]
-        for e in encoders if "finetune" in cfg.methods else []:
-            runs += [
-                {"task": task, "method": "finetune", "encoder": e.name, "seed": s}
-                for s in range(cfg.num_seeds)
-            ]
+            runs.append(
+                {"task": task, "method": "baseline", "encoder": "-", "member": "-", "seed": 0}
+            )
+        for method in ("probe", "finetune"):
+            for e in encoders if method in cfg.methods else []:
+                once = method == "probe" and e.payload is not None
+                runs += [
+                    {"task": task, "method": method, "encoder": e.name, "member": e.ref, "seed": s}
+                    for s in range(1 if once else cfg.num_seeds)
+                ]
     return runs
 
 
@@ -156,7 +185,8 @@ def finetune_recipe(cfg: BenchmarkConfig):
 def run_benchmark(
     refs: list[str], suite_path: str, output: str, cfg: BenchmarkConfig
 ) -> BenchmarkResult:
-    """Run the suite for the encoders ``refs`` ('scratch', or any model reference).
+    """Run the suite for the encoders ``refs`` ('scratch', or any model reference, as
+    ``REF`` or ``NAME=REF``: see :func:`parse_encoder`).
 
     Raises:
         OutputBusyError: another job is writing ``output`` (refused before any work).
@@ -182,9 +212,9 @@ def _benchmark(
         task: cfg.input_tdim or auto_target_frames(d.rows.column("num_frames").to_numpy())
         for task, d in sets.items()
     }
-    payloads = {e.name: ray.put(e.payload) if e.payload is not None else None for e in encoders}
-    by_name = {e.name: e for e in encoders}
-    template = next((payloads[e.name] for e in encoders if e.payload is not None), None)
+    payloads = {e.ref: ray.put(e.payload) if e.payload is not None else None for e in encoders}
+    by_ref = {e.ref: e for e in encoders}
+    template = next((payloads[e.ref] for e in encoders if e.payload is not None), None)
     clip = cfg.clip_mean
     if clip is None:
         clip = any(e.normalization and e.normalization.clip_mean for e in encoders)
@@ -192,7 +222,7 @@ def _benchmark(
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
     pending = []
     for r in runs:
-        e, task = by_name.get(r["encoder"]), r["task"]
+        e, task = by_ref.get(r["member"]), r["task"]
         spec = {
             **r,
             "input_tdim": lengths[task],
@@ -208,7 +238,7 @@ def _benchmark(
                 else dataclasses.replace(sets[task].statistics, clip_mean=clip)
             ),
         }
-        pending.append(remote.remote(spec, set_refs[task], payloads.get(r["encoder"]), template))
+        pending.append(remote.remote(spec, set_refs[task], payloads.get(r["member"]), template))
     rows = [row for rows in _gather(pending, runs) for row in rows]
     table = format_table(rows)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
@@ -232,32 +262,41 @@ def _gather(pending: list, runs: list[dict[str, Any]]) -> list[list[dict[str, An
         results[k] = ray.get(ref)
         r, done = runs[k], len(pending) - len(waiting)
         logger.info(
-            "run %d/%d: %s %s %s seed %d: test accuracy %.3f",
+            "run %d/%d: %s %s %s seed %d: test accuracy %.3f (%.0f s)",
             done,
             len(pending),
             r["task"],
             r["method"],
-            r["encoder"],
+            r["member"],
             r["seed"],
             results[k][0]["test/accuracy"],
+            results[k][0]["seconds"],
         )
     return results
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(task, method, encoder) -> mean, std and n of test accuracy over seeds."""
-    groups: dict[tuple[str, str, str], list[float]] = {}
+    """(task, method, encoder) -> mean, std and n of test accuracy over seeds and the
+    group's members, and the number of members."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["method"], r["encoder"]), []).append(r["test/accuracy"])
-    return {
-        k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-        for k, v in groups.items()
-    }
+        groups.setdefault((r["task"], r["method"], r["encoder"]), []).append(r)
+    out = {}
+    for k, runs in groups.items():
+        v = [r["test/accuracy"] for r in runs]
+        members = len({r["member"] for r in runs})
+        out[k] = {
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v)),
+            "n": len(v),
+            "members": members,
+        }
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown: one row per task, one column per method x encoder (test accuracy, mean
-    +- std over seeds (n))."""
+    +- std over seeds and a group's members (n)); the groups' members listed below."""
     stats = summarize(rows)
     columns = sorted({(m, e) for _, m, e in stats}, key=lambda c: (c[0] != "baseline", c))
     tasks = sorted({t for t, _, _ in stats})
@@ -271,6 +310,13 @@ def format_table(rows: list[dict]) -> str:
             s = stats.get((t, m, e))
             cells.append(f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n']})" if s else "")
         lines.append("| " + " | ".join(cells) + " |")
+    members: dict[str, set[str]] = {}
+    for r in rows:
+        members.setdefault(r["encoder"], set()).add(r["member"])
+    for name, refs in members.items():
+        if refs != {name}:
+            count = f"{len(refs)} encoders, " if len(refs) > 1 else ""
+            lines.append(f"\n{name}: {count}{', '.join(sorted(refs))}")
     return "\n".join(lines)
 
 
@@ -317,9 +363,9 @@ def _log(
         ]
         client.log_batch(
             child,
-            metrics=[
-                mlflow.entities.Metric("test/accuracy", r["test/accuracy"], 0, r["seed"])
-                for r in seeds
+            metrics=[  # step k: the k-th run (seed k of an encoder; members one after another)
+                mlflow.entities.Metric("test/accuracy", r["test/accuracy"], 0, k)
+                for k, r in enumerate(seeds)
             ]
             + [mlflow.entities.Metric(f"test/accuracy_{k}", float(v), 0, 0) for k, v in s.items()],
         )

@@ -3,6 +3,7 @@ and a seed in; valid and test accuracy out (one row per probed layer)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,20 @@ from pipeline.batches import ModelInput
 def run_one(
     spec: dict[str, Any], data: LabelledSet, payload: dict | None, template: dict | None
 ) -> list[dict[str, Any]]:
-    """``spec``: task, method, encoder, seed, input_tdim, scratch_size, normalization,
-    batch_size, threads, layers ("last" or "all"), recipe (a FinetuneConfig, finetune).
+    """``spec``: task, method, encoder (its column), member (its reference), seed,
+    input_tdim, scratch_size, normalization, batch_size, threads, layers ("last" or
+    "all"), recipe (a FinetuneConfig, finetune).
     ``payload``: the encoder's checkpoint (None: scratch, with the architecture of
     ``template``, another encoder's checkpoint, or of scratch_size)."""
     torch.set_num_threads(spec["threads"])
-    out = {k: spec[k] for k in ("task", "method", "encoder", "seed", "input_tdim")}
+    start = time.perf_counter()
+    rows = _run(spec, data, payload, template)
+    seconds = round(time.perf_counter() - start, 1)
+    return [r | {"seconds": seconds} for r in rows]  # per run (a probe's layers share it)
+
+
+def _run(spec, data, payload, template) -> list[dict[str, Any]]:
+    out = {k: spec[k] for k in ("task", "method", "encoder", "member", "seed", "input_tdim")}
     out["num_classes"] = data.num_classes
     if spec["method"] == "baseline":
         return [out | data.fit(pooled_fbank(data.rows))]
@@ -57,7 +66,7 @@ def _encoder(spec: dict, payload: dict | None, template: dict | None, F: int):
 
     T = spec["input_tdim"]
     if payload is not None:
-        base = encoder_of(load_checkpoint(payload), spec["encoder"])
+        base = encoder_of(load_checkpoint(payload), spec["member"])
         return base.adapted(input_tdim=T, input_fdim=F).eval()
     torch.manual_seed(spec["seed"])
     if template is not None:

@@ -24,7 +24,7 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     """Two tasks on the same clips (a featurized dataset, and its manifest featurized by
     the job) give the same numbers; the encoder's probe is the documented computation;
     scratch runs once per seed; MLflow has a parent and a child per task x method x
-    encoder."""
+    encoder; an encoder given as NAME=REF is the column NAME."""
     data, _ = featurized
     manifest, _ = sample_corpus
     suite = tmp_path / "suite.yaml"
@@ -42,7 +42,7 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
         benchmark.main(
             [
                 "--encoder",
-                str(encoder),
+                f"pre={encoder}",
                 "--encoder",
                 "scratch",
                 "--suite",
@@ -61,12 +61,14 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
 
     runs = json.loads((out / "results.json").read_text())["runs"]
     key = {(r["task"], r["method"], r["encoder"], r["seed"]): r for r in runs}
+    assert {r["member"] for r in runs if r["encoder"] == "pre"} == {str(encoder)}
+    assert all(r["seconds"] > 0 for r in runs)
     # Per task: the baseline, the encoder's probe (+ 12 layers), scratch's probes (2
     # seeds, + 12 layers each), and fine-tuning of both encoders over 2 seeds.
     assert len(runs) == 2 * (1 + 13 + 2 * 13 + 2 * 2)
     for method, enc, seed in (
         ("baseline", "-", 0),
-        ("probe", str(encoder), 0),
+        ("probe", "pre", 0),
         ("probe", "scratch", 0),
         ("probe", "scratch", 1),
     ):
@@ -88,12 +90,12 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
         (x[split == "valid"], y[split == "valid"]),
         len(names),
     )
-    got = key[("features", "probe", str(encoder), 0)]
+    got = key[("features", "probe", "pre", 0)]
     assert got["input_tdim"] == T and got["l2"] == probe.l2
     assert got["test/accuracy"] == pytest.approx(
         accuracy(probe.scores(x[split == "test"]), y[split == "test"])
     )
-    assert key[("features", "probe@12", str(encoder), 0)]["l2"] == got["l2"]
+    assert key[("features", "probe@12", "pre", 0)]["l2"] == got["l2"]
     # The first block's probe: its output captured by a hook, mean over the patch tokens.
     first, at_T = [], model.adapted(input_tdim=T).eval()
     at_T.encoder.blocks[0].register_forward_hook(lambda m, i, o: first.append(o[:, 2:].mean(1)))
@@ -104,17 +106,18 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
         (x1[split == "valid"], y[split == "valid"]),
         len(names),
     )
-    assert key[("features", "probe@1", str(encoder), 0)]["test/accuracy"] == pytest.approx(
+    assert key[("features", "probe@1", "pre", 0)]["test/accuracy"] == pytest.approx(
         accuracy(probe1.scores(x1[split == "test"]), y[split == "test"])
     )
     tuned = [r for r in runs if r["method"] == "finetune"]
     assert {(r["encoder"], r["seed"]) for r in tuned} == {
-        (e, s) for e in (str(encoder), "scratch") for s in (0, 1)
+        (e, s) for e in ("pre", "scratch") for s in (0, 1)
     }
     assert all(1 <= r["best_epoch"] <= 2 and 0 <= r["test/accuracy"] <= 1 for r in tuned)
 
     table = (out / "results.md").read_text()
     assert "baseline (pooled fbank)" in table and "probe: scratch" in table and "(2)" in table
+    assert "probe: pre |" in table and f"pre: {encoder}" in table
     client = mlflow.MlflowClient(mlflow_server)
     [parent] = client.search_runs(
         [client.get_experiment_by_name("ssast-benchmark").experiment_id],
