@@ -35,8 +35,8 @@ class FtModelSection:
     patch recipes: (10, 10)). None: the patch shape (no overlap)."""
     input_tdim: int | Literal["auto"] = 1024
     """Target length in frames: clips are zero-padded at the end or cut to it; auto: the
-    95th percentile of the training split's clip lengths rounded up to 16 frames
-    (logged)."""
+    95th percentile of the training split's clip lengths rounded up to 16 frames, none
+    counted above one segment in a dataset cut with features.segment_s (logged)."""
     pooling: Literal["mean", "cls"] = "mean"
     """Mean of the patch tokens (SSAST's ft_avgtok) or of the cls/dist outputs."""
     adapter: Literal["none", "lora", "bottleneck"] = "none"

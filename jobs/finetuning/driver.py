@@ -123,7 +123,7 @@ def prepare_data(data: str, cfg: FinetuneConfig) -> PreparedData:
     d = cfg.data
     length = cfg.model.input_tdim
     if length == "auto":
-        length = auto_length(info.features_dir, (d.split_column, d.train_split))
+        length = auto_length(info, (d.split_column, d.train_split))
     spec = ModelInput(length, task.normalization, task.labels)
     datasets = {
         name: split_dataset(info, cfg, split, spec, task.rows[split])

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.batches import auto_target_frames
+from pipeline.schema import DatasetInfo
 
 logger = logging.getLogger("datasets")
 
@@ -74,20 +75,27 @@ AUTO_MULTIPLE = 16
 time size, and a whole number of 128x2 frame patches)."""
 
 
-def auto_length(features_dir: str, where: tuple[str, object] | None = None) -> int:
+def auto_length(info: DatasetInfo, where: tuple[str, object] | None = None) -> int:
     """``model.input_tdim=auto``: the 95th percentile of the rows' frame counts, rounded
     up to :data:`AUTO_MULTIPLE` (:func:`pipeline.batches.auto_target_frames`); with
-    ``where=(column, value)`` only those rows (fine-tuning: the training split). Reads
-    the ``num_frames`` column only."""
-    frames = read_rows(features_dir, ["num_frames"], where).column("num_frames").to_numpy()
+    ``where=(column, value)`` only those rows (fine-tuning: the training split). A dataset
+    cut into segments (``features.segment_s``) counts no row above one segment: the last
+    piece of a recording, up to ``segment_s + min_segment_s`` long, does not set the
+    length (2 s segments: 208 frames). Reads the ``num_frames`` column only."""
+    frames = read_rows(info.features_dir, ["num_frames"], where).column("num_frames").to_numpy()
     if frames.size == 0:
-        raise ValueError(f"model.input_tdim=auto: {features_dir} has no rows to measure")
+        raise ValueError(f"model.input_tdim=auto: {info.features_dir} has no rows to measure")
+    fc, capped = info.feature_config, ""
+    if fc.segment_s is not None:
+        segment = fc.num_frames(round(fc.segment_s * fc.sample_rate_hz))
+        frames, capped = np.minimum(frames, segment), f", each at most one segment ({segment})"
     length = auto_target_frames(frames, AUTO_MULTIPLE)
     logger.info(
-        "model.input_tdim=auto: %d frames (95th percentile of %d clips%s, rounded up to %d)",
+        "model.input_tdim=auto: %d frames (95th percentile of %d clips%s%s, rounded up to %d)",
         length,
         frames.size,
         f" with {where[0]} = {where[1]}" if where else "",
+        capped,
         AUTO_MULTIPLE,
     )
     return length

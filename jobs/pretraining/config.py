@@ -20,7 +20,8 @@ class ModelSection:
     """16x16 patches (cluster masking) or 128x2 frames (random masking)."""
     input_tdim: int | Literal["auto"] = 1024
     """Frames per training example (clips are zero-padded or cut to this); auto: the 95th
-    percentile of the dataset's clip lengths rounded up to 16 frames (logged)."""
+    percentile of the dataset's clip lengths rounded up to 16 frames, none counted above
+    one segment in a dataset cut with features.segment_s (logged)."""
     num_masked: int = 400
     """M, masked patches per clip."""
     mask_ratio: float | None = None

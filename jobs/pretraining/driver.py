@@ -258,7 +258,7 @@ def _auto_length(data: str) -> int:
             f"model.input_tdim=auto measures a featurized dataset, and {data} has no "
             "dataset.json: featurize it first (jobs/featurize.py) or give a number of frames"
         )
-    return auto_length(load_dataset_info(data).features_dir)
+    return auto_length(load_dataset_info(data))
 
 
 def _export_final(

@@ -162,7 +162,7 @@ def test_bad_model_references_are_one_line_errors(tmp_path):
 
 
 # ------------------------------------------------------------- the task
-def write_dataset(root, labels, splits, mean=-5.0, std=3.0, frames=None):
+def write_dataset(root, labels, splits, mean=-5.0, std=3.0, frames=None, features=None):
     """A featurized dataset directory by hand: dataset.json and one shard (``frames``:
     each row's num_frames, default 1; the fbank column is not filled to match)."""
     (root / "features").mkdir(parents=True)
@@ -184,7 +184,7 @@ def write_dataset(root, labels, splits, mean=-5.0, std=3.0, frames=None):
         json.dumps(
             {
                 "schema_version": SCHEMA_VERSION,
-                "feature_config": FeatureConfig().to_dict(),
+                "feature_config": (features or FeatureConfig()).to_dict(),
                 "num_rows": n,
                 "num_errors": 0,
                 "hours": 0.0,
@@ -241,9 +241,21 @@ def test_auto_length_is_the_training_splits_95th_percentile_rounded_up_to_16(tmp
         tmp_path / "ds", ["a", "b"] * 11, ["train"] * 20 + ["valid", "test"], frames=frames
     )
     with caplog.at_level("INFO", logger="datasets"):
-        assert auto_length(info.features_dir, ("split", "train")) == 192
+        assert auto_length(info, ("split", "train")) == 192
     assert "model.input_tdim=auto: 192 frames" in caplog.text
-    assert auto_length(info.features_dir) == 4768  # every row: 95th percentile 4760
+    assert auto_length(info) == 4768  # every row: 95th percentile 4760
+    # Cut into 2 s segments (198 frames): the merged last pieces (2.7 s) would give 272.
+    pieces = [198] * 15 + [270] * 5
+    cut = write_dataset(tmp_path / "cut", ["a"] * 20, ["pool"] * 20, frames=pieces)
+    assert auto_length(cut) == 272
+    cut = write_dataset(
+        tmp_path / "cut2",
+        ["a"] * 20,
+        ["pool"] * 20,
+        frames=pieces,
+        features=FeatureConfig(segment_s=2.0),
+    )
+    assert auto_length(cut) == 208
 
     pre = load_config(PretrainConfig, None, ["model.input_tdim=auto", "model.mask_ratio=0.5"])
     assert with_length(pre, 192).model.ssast_config().num_patches == 8 * 12
