@@ -159,8 +159,8 @@ def plan_runs(
             runs.append(
                 {"task": task, "method": "baseline", "encoder": "-", "member": "-", "seed": 0}
             )
-        for method in ("probe", "finetune"):
-            for e in encoders if method in cfg.methods else []:
+        for method in [m for m in ("probe", "finetune") if m in cfg.methods]:
+            for e in encoders:
                 once = method == "probe" and e.payload is not None
                 runs += [
                     {"task": task, "method": method, "encoder": e.name, "member": e.ref, "seed": s}
