@@ -275,28 +275,36 @@ def _gather(pending: list, runs: list[dict[str, Any]]) -> list[list[dict[str, An
     return results
 
 
-def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
+def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     """(task, method, encoder) -> mean, std and n of test accuracy over seeds and the
-    group's members, and the number of members."""
+    group's members, and the number of members; for a group of several members also
+    each member's mean (over its seeds) and the std of those means (``between_std``:
+    how much the encoders themselves differ, e.g. pretraining runs of one recipe)."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["method"], r["encoder"]), []).append(r)
     out = {}
     for k, runs in groups.items():
         v = [r["test/accuracy"] for r in runs]
-        members = len({r["member"] for r in runs})
+        by_member: dict[str, list[float]] = {}
+        for r in runs:
+            by_member.setdefault(r["member"], []).append(r["test/accuracy"])
         out[k] = {
             "mean": float(np.mean(v)),
             "std": float(np.std(v)),
             "n": len(v),
-            "members": members,
+            "members": len(by_member),
         }
+        if len(by_member) > 1:
+            means = {m: float(np.mean(a)) for m, a in sorted(by_member.items())}
+            out[k] |= {"member_means": means, "between_std": float(np.std(list(means.values())))}
     return out
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown: one row per task, one column per method x encoder (test accuracy, mean
-    +- std over seeds and a group's members (n)); the groups' members listed below."""
+    +- std over seeds and a group's members (n)); below, each group's members and their
+    means task by task."""
     stats = summarize(rows)
     columns = sorted({(m, e) for _, m, e in stats}, key=lambda c: (c[0] != "baseline", c))
     tasks = sorted({t for t, _, _ in stats})
@@ -314,9 +322,17 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         members.setdefault(r["encoder"], set()).add(r["member"])
     for name, refs in members.items():
-        if refs != {name}:
-            count = f"{len(refs)} encoders, " if len(refs) > 1 else ""
-            lines.append(f"\n{name}: {count}{', '.join(sorted(refs))}")
+        if refs == {name}:
+            continue
+        count = f"{len(refs)} encoders, " if len(refs) > 1 else ""
+        lines.append(f"\n{name}: {count}{', '.join(sorted(refs))}")
+        for (t, m, e), s in sorted(stats.items()):
+            if e == name and "member_means" in s:
+                each = " / ".join(f"{v:.3f}" for v in s["member_means"].values())
+                lines.append(
+                    f"- {t} {m}: {each} (each encoder's mean; std between them "
+                    f"{s['between_std']:.3f})"
+                )
     return "\n".join(lines)
 
 

@@ -122,7 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         sched.observe(metrics["train/accuracy"])
         if rank == 0:
-            _log_interval(tracker, metrics, step, cfg, model, x, gen)
+            _log_interval(tracker, metrics, step, steps_in_interval, cfg, model, x, gen)
         due = step % cfg.train.checkpoint_every < cfg.train.log_every or step == cfg.train.max_steps
         state = (lambda s=step: _state(model, opt, sched, s, cfg)) if due else None
         report(metrics, rank, state, f"step_{step:08d}")
@@ -186,12 +186,14 @@ def _log_interval(
     tracker: Tracker,
     metrics: dict,
     step: int,
+    steps_in_interval: int,
     cfg: PretrainConfig,
     model: SSAST,
     x: torch.Tensor,
     gen: torch.Generator,
 ) -> None:
-    """Rank 0: the compact log line, MLflow metrics and, when due, a picture."""
+    """Rank 0: the compact log line, MLflow metrics and, when the interval passed a
+    multiple of train.image_every, a picture."""
     logger.info(
         "step %6d  loss %.4f  nce %.4f  mse %.4f  acc %.3f  lr %.2e  %5.0f ms/step"
         "  %6.2f samples/s  wait %.1f%%",
@@ -211,10 +213,17 @@ def _log_interval(
         100 * metrics["perf/data_wait_fraction"],
     )
     tracker.log(metrics, step)
-    if cfg.train.image_every and step % cfg.train.image_every < cfg.train.log_every:
+    if passed_multiple(step, steps_in_interval, cfg.train.image_every):
         from jobs.kit.pictures import mask_figure
 
         tracker.figure(mask_figure(model, x[:1], gen), f"pictures/step_{step:08d}.png")
+
+
+def passed_multiple(step: int, steps_in_interval: int, every: int) -> bool:
+    """Whether the interval of steps (step - steps_in_interval, step] holds a multiple of
+    ``every`` (0: never). A short last interval or a run shorter than one interval holds
+    none unless it reaches one."""
+    return every > 0 and step // every > (step - steps_in_interval) // every
 
 
 def _state(model: SSAST, opt, sched: LrSchedule, step: int, cfg: PretrainConfig) -> dict:

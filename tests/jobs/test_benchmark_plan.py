@@ -54,7 +54,11 @@ def test_a_group_pools_its_members_runs():
     assert tuned["mean"] == pytest.approx(0.65)
     assert tuned["std"] == pytest.approx(np.std([0.7, 0.9, 0.4, 0.6]))
     assert stats[("events", "probe", "pre")]["std"] == pytest.approx(0.1)
+    assert tuned["member_means"] == pytest.approx({"a.pt": 0.8, "b.pt": 0.5})
+    assert tuned["between_std"] == pytest.approx(0.15)
+    assert "member_means" not in stats[("events", "finetune", "scratch")]
     table = format_table(rows)
     assert "| events | 0.500 ± 0.000 (1) |" in table
     assert "0.650 ± 0.180 (4)" in table and "pre: 2 encoders, a.pt, b.pt" in table
+    assert "- events finetune: 0.800 / 0.500 (each encoder's mean; std between them 0.150)" in table
     assert "scratch:" not in table  # a bare reference is its own column, no footnote

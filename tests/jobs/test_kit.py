@@ -320,3 +320,13 @@ def test_in_memory_pretraining_batches_split_each_pass_between_ranks():
     assert [next(again)["fbank"].flatten().tolist() for _ in range(4)] == seen[0]  # seeded
     with pytest.raises(ValueError, match="fewer than train.batch_size=2"):
         next(_memory_batches(clips[:3], cfg, 0, 2))
+
+
+def test_pictures_at_the_intervals_that_reach_a_multiple_of_image_every():
+    from jobs.pretraining.worker import passed_multiple
+
+    # log_every 10, image_every 100: the interval ending at step 100 (and 200), not 110.
+    assert [s for s in range(10, 301, 10) if passed_multiple(s, 10, 100)] == [100, 200, 300]
+    assert not passed_multiple(6, 6, 100)  # a 6-step run: its one interval reaches no 100
+    assert passed_multiple(105, 7, 100)  # a resumed interval from step 98
+    assert not passed_multiple(100, 10, 0)  # 0: never
