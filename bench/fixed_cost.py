@@ -11,6 +11,8 @@ plan, the MLflow run, Ray Train's fit (of which the worker group's start-up and 
 step, from rank 0), the export, the registry; ``exit`` is what is left after the last
 phase (Ray's shutdown, interpreter exit). Each run gets a fresh output and MLflow store,
 so nothing is resumed or cached between them; the OS file cache is warm after the first.
+``--shared-store``: the runs share one MLflow store as a user's runs share ``mlruns/``
+(run 0 creates its tables, the others find them).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return wall, out.stdout + out.stderr
 
 
-def pretrain_once(data: Path, tmp: Path, k: int, steps: int) -> dict[str, float]:
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / f'mlflow{k}.db'}"}
+def pretrain_once(data: Path, tmp: Path, k: int, steps: int, store: str) -> dict[str, float]:
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / store}"}
     cmd = [
         sys.executable,
         "jobs/pretrain.py",
@@ -72,6 +74,12 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument(
+        "--shared-store",
+        action="store_true",
+        help="one MLflow store for all runs, as a user's runs share mlruns/ (run 0 creates "
+        "it; the others open an existing one); default: a fresh store each run",
+    )
     ap.add_argument("--out", default="bench/results/fixed_cost.json")
     args = ap.parse_args()
     from pipeline.synth import write_corpus
@@ -91,7 +99,8 @@ def main() -> None:
             ],
             env,
         )
-        runs = [pretrain_once(tmp / "ds", tmp, k, args.steps) for k in range(args.runs)]
+        stores = ["mlflow.db" if args.shared_store else f"mlflow{k}.db" for k in range(args.runs)]
+        runs = [pretrain_once(tmp / "ds", tmp, k, args.steps, stores[k]) for k in range(args.runs)]
     keys = list(runs[0])
     res = {
         "featurize_job_s": prep,
@@ -102,7 +111,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"featurize job ({args.clips} clips, untimed preparation): {prep:.1f} s")
-    print(f"pretrain job, tiny, {args.steps} steps, {args.runs} runs (s):")
+    store = "one MLflow store (run 0 creates it)" if args.shared_store else "fresh MLflow stores"
+    print(f"pretrain job, tiny, {args.steps} steps, {args.runs} runs, {store} (s):")
     print("phase          " + "  ".join(f"run {k:<3d}" for k in range(args.runs)) + "  median")
     for k in keys:
         sub = "  of which " if k in WORKER_PHASES else ""
