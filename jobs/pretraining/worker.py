@@ -123,7 +123,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sched.observe(metrics["train/accuracy"])
         if rank == 0:
             _log_interval(tracker, metrics, step, steps_in_interval, cfg, model, x, gen)
-        due = step % cfg.train.checkpoint_every < cfg.train.log_every or step == cfg.train.max_steps
+        due = (
+            passed_multiple(step, steps_in_interval, cfg.train.checkpoint_every)
+            or step == cfg.train.max_steps
+        )
         state = (lambda s=step: _state(model, opt, sched, s, cfg)) if due else None
         report(metrics, rank, state, f"step_{step:08d}")
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
