@@ -14,6 +14,7 @@ Rules both jobs follow:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -91,6 +92,7 @@ def report(
     ``dir_name`` when ``state`` is given."""
     import ray.train
 
+    _quiet_report_lines()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if state is not None and rank == 0:
@@ -99,6 +101,18 @@ def report(
         ray.train.report(
             metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name if checkpoint else None
         )
+
+
+@functools.cache
+def _quiet_report_lines() -> None:
+    """Ray Train V2 logs every ``ray.train.report`` at INFO from every rank, the whole
+    metrics dict in one long line, next to our compact rank-0 line. Its logger is named
+    by the module's file path; raising it to WARNING keeps its warnings and errors."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its lines stay, nothing else changes
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def restore() -> dict[str, Any] | None:
