@@ -17,7 +17,9 @@ whose mean and spread pool their runs (e.g. one recipe pretrained with several s
 tasks have label and split (train / valid / test) columns; manifests are featurized once
 into OUTPUT/features/. Writes OUTPUT/results.md (test accuracy, mean +- std over seeds)
 and OUTPUT/results.json, and logs an MLflow parent run with one child per task x method x
-encoder.
+encoder. A rerun into the same OUTPUT reuses the runs done there before with the same
+inputs (OUTPUT/_runs.json, written as runs finish: a stopped benchmark resumes);
+reuse=false runs everything again.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import pyarrow as pa
 from pipeline.clips import MAX_FILE_MB, featurize_rows, featurize_table
 from pipeline.features import FeatureConfig
 from pipeline.manifest import duplicate_rows, read_manifest
-from pipeline.schema import SCHEMA_VERSION, shard_metadata
+from pipeline.schema import SCHEMA_VERSION, column_sha1, shard_metadata
 from pipeline.storage import OutputLock, read_json, read_jsons, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def plan_featurize(source: str, cfg: FeaturizeConfig) -> Plan:
             duplicates,
         )
     columns = {
-        c: _column_sha1(manifest.column(c)) for c in manifest.column_names if c != "row_index"
+        c: column_sha1(manifest.column(c)) for c in manifest.column_names if c != "row_index"
     }
     job = {
         "schema_version": SCHEMA_VERSION,
@@ -257,15 +257,6 @@ def check_output(root: str, plan: Plan) -> dict[str, Any] | None:
                 f"{', '.join(diff)}); use a new --output, or delete it to start over"
             )
     return previous
-
-
-def _column_sha1(column: pa.ChunkedArray) -> str:
-    """sha1 of a column's values (its Arrow IPC bytes, independent of chunking)."""
-    sink = pa.BufferOutputStream()
-    table = pa.table({"c": column.combine_chunks()})
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha1(sink.getvalue()).hexdigest()
 
 
 def finished_shards(root: str) -> set[int]:

@@ -37,11 +37,13 @@ Error columns: path, uri, reason (see :data:`pipeline.audio.REASONS`), detail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 
 import fsspec
+import pyarrow as pa
 
 from pipeline.features import FeatureConfig
 from pipeline.normalization import Normalization
@@ -63,6 +65,17 @@ FEATURE_COLUMNS = (
 ERROR_COLUMNS = ("path", "uri", "reason", "detail")
 METADATA_KEY = b"ssast.dataset"
 """Parquet key-value metadata of every shard: JSON {schema_version, feature_config}."""
+
+
+def column_sha1(column: pa.ChunkedArray | pa.Array) -> str:
+    """sha1 of a column's values (its Arrow IPC bytes, independent of chunking)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    sink = pa.BufferOutputStream()
+    table = pa.table({"c": column})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha1(sink.getvalue()).hexdigest()
 
 
 def feature_columns() -> tuple[str, ...]:

@@ -48,6 +48,12 @@ class BenchmarkConfig:
     """Clips per encoder call."""
     cpus_per_run: float = 1.0
     """CPUs of each run (one Ray task per task x method x encoder x seed)."""
+    reuse: bool = True
+    """Take runs already done into the same output from OUTPUT/_runs.json (every finished
+    run, kept by its inputs: the task's rows, the encoder's weights, method, seed, length,
+    normalisation, recipe) instead of running them again: a benchmark that stopped
+    resumes, and one given another encoder runs only that encoder's runs. false: run
+    everything again (new results replace the kept ones; other kept runs stay)."""
     mlflow: BenchmarkMlflowSection = field(default_factory=BenchmarkMlflowSection)
     name: str = "benchmark"
     """Parent run name."""

@@ -6,11 +6,19 @@ A suite is a YAML file: ``tasks: {NAME: {manifest: PATH} or {data: FEATURIZED_DI
 paths relative to the file. Every task has ``label`` and ``split`` columns whose splits
 are ``train``, ``valid`` (model selection: the probe's L2 strength) and ``test`` (held-out
 conditions; scored once).
+
+Every finished run is kept in ``OUTPUT/_runs.json`` under a key of its inputs (the
+task's rows, the encoder's weights, method, seed, length, normalisation, recipe), written
+as runs finish: a rerun into the same output takes what it finds there (``reuse``), so a
+benchmark that stopped resumes and one given another encoder runs only that encoder's
+runs. Runs are deterministic given their inputs (a run repeated gives the same score),
+which is what makes a kept result as good as a new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from jobs.evaluation.config import BenchmarkConfig
@@ -32,9 +41,15 @@ from pipeline.batches import auto_target_frames
 from pipeline.features import FeatureConfig
 from pipeline.normalization import Normalization
 from pipeline.schema import feature_diff, load_dataset_info
-from pipeline.storage import OutputLock, absolute, exists
+from pipeline.storage import OutputLock, absolute, exists, read_json, write_json
 
 logger = logging.getLogger("benchmark")
+
+RUNS_FILE = "_runs.json"
+"""``OUTPUT/_runs.json``: {run key: the run's rows} of every finished run."""
+KEY_VERSION = 1
+"""Part of every run key: raise it when what a run computes changes, so that runs kept
+by older code are not reused."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,63 @@ def task_datasets(suite: dict, output: str, features: FeatureConfig) -> dict[str
     return out
 
 
+def weights_sha1(payload: dict[str, Any]) -> str:
+    """sha1 of a checkpoint's architecture and weights (our payload format)."""
+    h = hashlib.sha1(json.dumps(payload["config"], sort_keys=True, default=str).encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def encoder_identity(e: Encoder, template: dict | None, cfg: BenchmarkConfig) -> str:
+    """What a run takes from its encoder: the weights of a trained one; the architecture
+    of scratch (another encoder's, or ``scratch_size``; its weights come from the seed)."""
+    if e.payload is not None:
+        return weights_sha1(e.payload)
+    arch = template["config"] if template is not None else {"size": cfg.scratch_size}
+    return "scratch " + json.dumps(arch, sort_keys=True, default=str)
+
+
+def run_key(spec: dict[str, Any], data: str, encoder: str) -> str:
+    """sha1 of what a run's result depends on: ``data`` (the task's rows, see
+    :meth:`LabelledSet.sha1`), the method and, for an encoder's runs, ``encoder``
+    (:func:`encoder_identity`), seed, length, normalisation, and the probe's layers or
+    the fine-tuning recipe. Not the names (task, column, reference): renaming reuses."""
+    fields: dict[str, Any] = {"version": KEY_VERSION, "data": data, "method": spec["method"]}
+    if spec["method"] != "baseline":
+        fields |= {
+            "encoder": encoder,
+            "seed": spec["seed"],
+            "input_tdim": spec["input_tdim"],
+            "normalization": spec["normalization"].to_dict(),
+        }
+        if spec["method"] == "probe":
+            fields |= {"layers": spec["layers"], "batch_size": spec["batch_size"]}
+        else:
+            fields["recipe"] = to_dict(spec["recipe"])
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_kept(output: str, reuse: bool) -> dict[str, list[dict[str, Any]]]:
+    """The runs kept in ``OUTPUT/_runs.json`` ({} when there is none). A file that is not
+    the run record is an error when ``reuse`` (it would be overwritten), else ignored."""
+    path = f"{output}/{RUNS_FILE}"
+    try:
+        kept = read_json(path) or {}
+        if not isinstance(kept, dict):
+            raise ValueError("not a mapping of run keys")
+    except ValueError as err:
+        if not reuse:
+            return {}
+        raise ValueError(
+            f"{path} is not the benchmark's run record ({err}); delete it or give "
+            "reuse=false (every run then runs again)"
+        ) from None
+    return kept
+
+
 def plan_runs(
     tasks: list[str], encoders: list[Encoder], cfg: BenchmarkConfig
 ) -> list[dict[str, Any]]:
@@ -220,8 +292,13 @@ def _benchmark(
         clip = any(e.normalization and e.normalization.clip_mean for e in encoders)
     recipe = finetune_recipe(cfg)
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
-    pending = []
-    for r in runs:
+    data_sha1 = {task: d.sha1() for task, d in sets.items()}
+    first = next((e.payload for e in encoders if e.payload is not None), None)
+    identity = {e.ref: encoder_identity(e, first, cfg) for e in encoders}
+    kept = read_kept(output, cfg.reuse)
+    results: list[list[dict[str, Any]] | None] = [None] * len(runs)
+    keys, todo, pending = [], [], []
+    for k, r in enumerate(runs):
         e, task = by_ref.get(r["member"]), r["task"]
         spec = {
             **r,
@@ -238,8 +315,31 @@ def _benchmark(
                 else dataclasses.replace(sets[task].statistics, clip_mean=clip)
             ),
         }
+        keys.append(run_key(spec, data_sha1[task], identity.get(r["member"], "-")))
+        if cfg.reuse and keys[k] in kept:  # this run's names, the kept run's numbers
+            names = {n: r[n] for n in ("task", "encoder", "member")}
+            results[k] = [row | names | {"reused": True} for row in kept[keys[k]]]
+            continue
+        todo.append(k)
         pending.append(remote.remote(spec, set_refs[task], payloads.get(r["member"]), template))
-    rows = [row for rows in _gather(pending, runs) for row in rows]
+    if len(todo) < len(runs):
+        logger.info(
+            "%d of %d runs were done before into %s (same inputs): reused; running %d "
+            "(reuse=false runs them all)",
+            len(runs) - len(todo),
+            len(runs),
+            output,
+            len(todo),
+        )
+
+    def finished(j: int, rows: list[dict[str, Any]]) -> None:
+        k = todo[j]
+        results[k] = [row | {"reused": False} for row in rows]
+        kept[keys[k]] = rows
+        write_json(f"{output}/{RUNS_FILE}", kept)  # as runs finish: a stopped run resumes
+
+    _gather(pending, [runs[k] for k in todo], finished)
+    rows = [row for rs in results for row in rs or []]
     table = format_table(rows)
     uri = cfg.mlflow.tracking_uri or default_tracking_uri()
     run_id = _log(uri, cfg, refs, suite_path, output, rows, table)
@@ -248,18 +348,18 @@ def _benchmark(
     return BenchmarkResult(output, rows, table, uri, run_id)
 
 
-def _gather(pending: list, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The runs' results in plan order, logging each as it finishes (a suite with
-    fine-tuning runs for many minutes)."""
+def _gather(pending: list, runs: list[dict[str, Any]], finished) -> None:
+    """Wait for the runs, calling ``finished(k, rows)`` for the k-th as it finishes and
+    logging it (a suite with fine-tuning runs for many minutes)."""
     import ray
 
     index = {ref: k for k, ref in enumerate(pending)}
-    results: list = [None] * len(pending)
     waiting = list(pending)
     while waiting:
         (ref,), waiting = ray.wait(waiting, num_returns=1)
         k = index[ref]
-        results[k] = ray.get(ref)
+        rows = ray.get(ref)
+        finished(k, rows)
         r, done = runs[k], len(pending) - len(waiting)
         logger.info(
             "run %d/%d: %s %s %s seed %d: test accuracy %.3f (%.0f s)",
@@ -269,10 +369,9 @@ def _gather(pending: list, runs: list[dict[str, Any]]) -> list[list[dict[str, An
             r["method"],
             r["member"],
             r["seed"],
-            results[k][0]["test/accuracy"],
-            results[k][0]["seconds"],
+            rows[0]["test/accuracy"],
+            rows[0]["seconds"],
         )
-    return results
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
@@ -333,7 +432,24 @@ def format_table(rows: list[dict]) -> str:
                     f"- {t} {m}: {each} (each encoder's mean; std between them "
                     f"{s['between_std']:.3f})"
                 )
+    total, reused = count_runs(rows)
+    if reused:
+        lines.append(
+            f"\n{reused} of {total} runs reused from earlier benchmarks into this output "
+            f"(same inputs, kept in {RUNS_FILE}; reuse=false runs them again)"
+        )
     return "\n".join(lines)
+
+
+def count_runs(rows: list[dict]) -> tuple[int, int]:
+    """(runs, reused runs) of ``rows`` (a probe of every layer is one run of many rows)."""
+    runs, reused = set(), set()
+    for r in rows:
+        run = (r["task"], r["method"].split("@")[0], r["member"], r["seed"])
+        runs.add(run)
+        if r.get("reused"):
+            reused.add(run)
+    return len(runs), len(reused)
 
 
 def _write(output: str, rows: list[dict], table: str) -> None:
@@ -362,7 +478,12 @@ def _log(
     """Parent run (params, the table) and one child run per task x method x encoder."""
     import mlflow
 
-    params = flatten(to_dict(cfg)) | {"encoders": ",".join(refs), "suite": suite, "output": output}
+    params = flatten(to_dict(cfg)) | {
+        "encoders": ",".join(refs),
+        "suite": suite,
+        "output": output,
+        "reused_runs": count_runs(rows)[1],
+    }
     parent = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{output}/{cfg.name}", params)
     client = mlflow.MlflowClient(uri)
     for (task, method, encoder), s in summarize(rows).items():

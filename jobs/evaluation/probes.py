@@ -6,6 +6,8 @@ Shapes: N clips, F mel bins, D embedding width, K classes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,7 @@ from jobs.kit.datasets import read_rows
 from pipeline.batches import MODEL_INPUT_COLUMNS
 from pipeline.labels import class_names
 from pipeline.normalization import Normalization
-from pipeline.schema import load_dataset_info
+from pipeline.schema import column_sha1, load_dataset_info
 
 SPLITS = ("train", "valid", "test")
 
@@ -142,6 +144,11 @@ class LabelledSet:
             info.feature_config.num_mel_bins,
             info.statistics,
         )
+
+    def sha1(self) -> str:
+        """sha1 of the rows (features, label, split): what a run on them depends on."""
+        columns = {c: column_sha1(self.rows.column(c)) for c in sorted(self.rows.column_names)}
+        return hashlib.sha1(json.dumps(columns, sort_keys=True).encode()).hexdigest()
 
     def fit(self, x: np.ndarray) -> dict[str, float]:
         """Probe features ``x`` (N, D) of these rows: {valid/accuracy, test/accuracy, l2}."""

@@ -129,3 +129,28 @@ def test_benchmark_compares_an_encoder_with_scratch_and_the_baseline(
     assert parent.info.status == "FINISHED" and len(children) == 2 * (1 + 2 * 13 + 2)
     scratch = [c for c in children if c.info.run_name == "features/probe/scratch"][0]
     assert len(client.get_metric_history(scratch.info.run_id, "test/accuracy")) == 2
+
+    # A rerun into the same output as if the first had stopped before its baselines
+    # finished (their kept record removed), the encoder renamed, no fine-tuning: the
+    # baselines run, every other run is the kept one (its numbers, this run's names).
+    kept = json.loads((out / "_runs.json").read_text())
+    baseline = [k for k, rows in kept.items() if rows[0]["method"] == "baseline"]
+    assert len(baseline) == 1  # both tasks have the same rows: one key
+    (out / "_runs.json").write_text(json.dumps({k: kept[k] for k in kept if k not in baseline}))
+    again = ["--encoder", f"renamed={encoder}", "--encoder", "scratch", "--suite", str(suite)]
+    again += ["--output", str(out), "num_seeds=2", "probe_layers=all", "methods=[baseline,probe]"]
+    again += [f"mlflow.tracking_uri={mlflow_server}"]
+    assert benchmark.main(again) == 0
+    rerun = json.loads((out / "results.json").read_text())["runs"]
+    assert {(r["task"], r["method"]) for r in rerun if not r["reused"]} == {
+        ("features", "baseline"),
+        ("audio", "baseline"),
+    }
+    for r in rerun:  # tasks on the same rows share their kept runs, times included
+        was = key[(r["task"], r["method"], r["encoder"].replace("renamed", "pre"), r["seed"])]
+        if r["reused"]:
+            assert r == was | {"reused": True, "encoder": r["encoder"], "seconds": r["seconds"]}
+        else:
+            assert r["test/accuracy"] == was["test/accuracy"]  # deterministic
+    assert "6 of 8 runs reused" in (out / "results.md").read_text()
+    assert set(json.loads((out / "_runs.json").read_text())) == set(kept)
