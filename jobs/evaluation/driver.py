@@ -286,35 +286,26 @@ def _benchmark(
     }
     payloads = {e.ref: ray.put(e.payload) if e.payload is not None else None for e in encoders}
     by_ref = {e.ref: e for e in encoders}
-    template = next((payloads[e.ref] for e in encoders if e.payload is not None), None)
+    # Scratch takes the first trained encoder's architecture.
+    trained = [e for e in encoders if e.payload is not None]
+    first = trained[0].payload if trained else None
+    template = payloads[trained[0].ref] if trained else None
     clip = cfg.clip_mean
     if clip is None:
         clip = any(e.normalization and e.normalization.clip_mean for e in encoders)
     recipe = finetune_recipe(cfg)
     remote = ray.remote(num_cpus=cfg.cpus_per_run)(run_one)
     data_sha1 = {task: d.sha1() for task, d in sets.items()}
-    first = next((e.payload for e in encoders if e.payload is not None), None)
     identity = {e.ref: encoder_identity(e, first, cfg) for e in encoders}
     kept = read_kept(output, cfg.reuse)
     results: list[list[dict[str, Any]] | None] = [None] * len(runs)
     keys, todo, pending = [], [], []
     for k, r in enumerate(runs):
         e, task = by_ref.get(r["member"]), r["task"]
-        spec = {
-            **r,
-            "input_tdim": lengths[task],
-            "scratch_size": cfg.scratch_size,
-            "batch_size": cfg.batch_size,
-            "threads": max(1, int(cfg.cpus_per_run)),
-            "layers": cfg.probe_layers,
-            "recipe": recipe,
-            # An encoder's own statistics; scratch (none) takes the task's.
-            "normalization": (
-                e.normalization
-                if e and e.normalization
-                else dataclasses.replace(sets[task].statistics, clip_mean=clip)
-            ),
-        }
+        # An encoder's own statistics; scratch (none) takes the task's.
+        stats = e.normalization if e and e.normalization else None
+        stats = stats or dataclasses.replace(sets[task].statistics, clip_mean=clip)
+        spec = r | _settings(cfg, recipe) | {"input_tdim": lengths[task], "normalization": stats}
         keys.append(run_key(spec, data_sha1[task], identity.get(r["member"], "-")))
         if cfg.reuse and keys[k] in kept:  # this run's names, the kept run's numbers
             names = {n: r[n] for n in ("task", "encoder", "member")}
@@ -346,6 +337,17 @@ def _benchmark(
     _write(output, rows, table)
     logger.info("benchmark took %.0f s", time.perf_counter() - start)
     return BenchmarkResult(output, rows, table, uri, run_id)
+
+
+def _settings(cfg: BenchmarkConfig, recipe) -> dict[str, Any]:
+    """What every run's spec takes from the config (see :func:`run_one`)."""
+    return {
+        "scratch_size": cfg.scratch_size,
+        "batch_size": cfg.batch_size,
+        "threads": max(1, int(cfg.cpus_per_run)),
+        "layers": cfg.probe_layers,
+        "recipe": recipe,
+    }
 
 
 def _gather(pending: list, runs: list[dict[str, Any]], finished) -> None:
