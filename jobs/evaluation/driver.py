@@ -208,16 +208,17 @@ def read_kept(output: str, reuse: bool) -> dict[str, list[dict[str, Any]]]:
     path = f"{output}/{RUNS_FILE}"
     try:
         kept = read_json(path) or {}
-        if not isinstance(kept, dict):
-            raise ValueError("not a mapping of run keys")
+        problem = None if isinstance(kept, dict) else "not a mapping of run keys"
     except ValueError as err:
-        if not reuse:
-            return {}
-        raise ValueError(
-            f"{path} is not the benchmark's run record ({err}); delete it or give "
-            "reuse=false (every run then runs again)"
-        ) from None
-    return kept
+        problem = f"not JSON: {err}"
+    if problem is None:
+        return kept
+    if not reuse:
+        return {}
+    raise ValueError(
+        f"{path} is not the benchmark's run record ({problem}); delete it or give "
+        "reuse=false (every run then runs again)"
+    )
 
 
 def plan_runs(
@@ -303,8 +304,9 @@ def _benchmark(
     for k, r in enumerate(runs):
         e, task = by_ref.get(r["member"]), r["task"]
         # An encoder's own statistics; scratch (none) takes the task's.
-        stats = e.normalization if e and e.normalization else None
-        stats = stats or dataclasses.replace(sets[task].statistics, clip_mean=clip)
+        stats = (e and e.normalization) or dataclasses.replace(
+            sets[task].statistics, clip_mean=clip
+        )
         spec = r | _settings(cfg, recipe) | {"input_tdim": lengths[task], "normalization": stats}
         keys.append(run_key(spec, data_sha1[task], identity.get(r["member"], "-")))
         if cfg.reuse and keys[k] in kept:  # this run's names, the kept run's numbers
