@@ -2,7 +2,6 @@
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,29 @@ ROOT = Path(__file__).resolve().parents[2]
 def read_all(root: str, sub: str):
     fs = s3fs.S3FileSystem() if root.startswith("s3://") else None
     return pq.read_table(f"{root}/{sub}".removeprefix("s3://"), filesystem=fs)
+
+
+def kill_session(sid: int, timeout_s: float = 60.0) -> None:
+    """SIGKILL every process of session ``sid`` and wait until none is left: a driver
+    started with ``start_new_session`` and its local Ray, whose workers run in process
+    groups of their own (``killpg`` of the driver's group misses them, and a worker
+    finishing its task could still commit a shard after the kill)."""
+    import psutil
+
+    deadline = time.time() + timeout_s
+    while True:
+        left = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+                    left.append(p.pid)
+            except (psutil.Error, OSError):  # gone meanwhile
+                pass
+        if not left:
+            return
+        assert time.time() < deadline, f"processes {left} of the killed job outlived it"
+        time.sleep(0.2)
 
 
 def assert_shards_hold_their_rows(root: str, manifest: str, per_shard: int) -> None:
@@ -124,7 +146,7 @@ def test_killed_job_reruns_to_completion_without_duplicates(ray_session, tmp_pat
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 2:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
+    kill_session(proc.pid)  # the driver and its local Ray, mid-run
     proc.wait()
     committed = len(list((out / "_shards").glob("*.json")))
     assert 2 <= committed < 15, "the kill must land mid-run"
