@@ -404,6 +404,16 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     return out
 
 
+def summary_metrics(s: dict) -> tuple[dict[str, str], dict[str, float]]:
+    """One :func:`summarize` entry as a child run's (params, metrics): the numbers as
+    ``test/accuracy_<name>``; a group's members as params ``member<i>`` and their means
+    as ``test/accuracy_member<i>``."""
+    means = s.get("member_means", {})
+    metrics = {f"test/accuracy_{k}": float(v) for k, v in s.items() if k != "member_means"}
+    metrics |= {f"test/accuracy_member{i}": float(v) for i, v in enumerate(means.values())}
+    return {f"member{i}": m for i, m in enumerate(means)}, metrics
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown: one row per task, one column per method x encoder (test accuracy, mean
     +- std over seeds and a group's members (n)); below, each group's members and their
@@ -491,12 +501,13 @@ def _log(
     parent = start_run(uri, cfg.mlflow.experiment, cfg.name, f"{output}/{cfg.name}", params)
     client = mlflow.MlflowClient(uri)
     for (task, method, encoder), s in summarize(rows).items():
+        members, summary = summary_metrics(s)
         child = start_run(
             uri,
             cfg.mlflow.experiment,
             f"{task}/{method}/{encoder}",
             f"{output}/{cfg.name}/{task}/{method}/{encoder}",
-            {"task": task, "method": method, "encoder": encoder},
+            {"task": task, "method": method, "encoder": encoder} | members,
             tags={"mlflow.parentRunId": parent},
         )
         seeds = [
@@ -508,7 +519,7 @@ def _log(
                 mlflow.entities.Metric("test/accuracy", r["test/accuracy"], 0, k)
                 for k, r in enumerate(seeds)
             ]
-            + [mlflow.entities.Metric(f"test/accuracy_{k}", float(v), 0, 0) for k, v in s.items()],
+            + [mlflow.entities.Metric(k, v, 0, 0) for k, v in summary.items()],
         )
         end_run(uri, child)
     client.log_text(parent, table + "\n", "results.md")

@@ -16,6 +16,7 @@ from jobs.evaluation.driver import (
     plan_runs,
     run_key,
     summarize,
+    summary_metrics,
     weights_sha1,
 )
 from jobs.finetuning.config import FinetuneConfig
@@ -69,6 +70,22 @@ def test_a_group_pools_its_members_runs():
     assert tuned["member_means"] == pytest.approx({"a.pt": 0.8, "b.pt": 0.5})
     assert tuned["between_std"] == pytest.approx(0.15)
     assert "member_means" not in stats[("events", "finetune", "scratch")]
+    # What the child run of a group logs (a benchmark of groups failed here once, after
+    # all its runs: a member's means were passed on as one metric).
+    params, metrics = summary_metrics(tuned)
+    assert params == {"member0": "a.pt", "member1": "b.pt"}
+    assert metrics == pytest.approx(
+        {
+            "test/accuracy_mean": 0.65,
+            "test/accuracy_std": np.std([0.7, 0.9, 0.4, 0.6]),
+            "test/accuracy_n": 4,
+            "test/accuracy_members": 2,
+            "test/accuracy_between_std": 0.15,
+            "test/accuracy_member0": 0.8,
+            "test/accuracy_member1": 0.5,
+        }
+    )
+    assert summary_metrics(stats[("events", "finetune", "scratch")])[0] == {}
     table = format_table(rows)
     assert "| events | 0.500 ± 0.000 (1) |" in table
     assert "0.650 ± 0.180 (4)" in table and "pre: 2 encoders, a.pt, b.pt" in table
