@@ -7,10 +7,13 @@ featurized set of 200 clips (the sample corpus), tiny model, 6 steps, from the s
 command to its exit, in a fresh process with its own local Ray and a fresh MLflow store.
 The wall time is split into the phases the job logs (``phase NAME: S s``, also MLflow
 metrics ``time/NAME_s`` of the run): interpreter start-up and imports, Ray start, the data
-plan, the MLflow run, Ray Train's fit (of which the worker group's start-up and the first
-step, from rank 0), the export, the registry; ``exit`` is what is left after the last
-phase (Ray's shutdown, interpreter exit). Each run gets a fresh output and MLflow store,
-so nothing is resumed or cached between them; the OS file cache is warm after the first.
+plan, the MLflow run, Ray Train's fit (of which the worker group's start-up, the first
+step with the model's build, and the later steps, from rank 0), the export, the
+registry; ``exit`` is what is left after the last phase (Ray's shutdown, interpreter
+exit). ``steps_compute`` estimates the training itself (all steps at the pace of the
+later ones) and ``fixed`` is the wall time without it: the fixed cost of the job. Each
+run gets a fresh output and MLflow store, so nothing is resumed or cached between them;
+the OS file cache is warm after the first.
 ``--shared-store``: the runs share one MLflow store as a user's runs share ``mlruns/``
 (run 0 creates its tables, the others find them).
 """
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 PHASE = re.compile(r"phase (\w+): ([0-9.]+) s")
 DRIVER_PHASES = ("startup", "ray_start", "imports", "data_plan", "mlflow_run", "fit")
-WORKER_PHASES = ("worker_start", "first_step")
+WORKER_PHASES = ("worker_start", "first_step", "later_steps")
 AFTER_FIT = ("export", "registry")
 
 
@@ -66,7 +69,9 @@ def pretrain_once(data: Path, tmp: Path, k: int, steps: int, store: str) -> dict
     if missing:
         raise RuntimeError(f"the job logged no phase {missing}; its output:\n{log}")
     phases["exit"] = wall - sum(phases[p] for p in (*DRIVER_PHASES, *AFTER_FIT))
-    return {"wall": wall, **phases}
+    # The training itself: every step at the pace of the steps after the first.
+    compute = phases["later_steps"] * steps / (steps - 1)
+    return {"wall": wall, **phases, "steps_compute": compute, "fixed": wall - compute}
 
 
 def main() -> None:
@@ -82,6 +87,8 @@ def main() -> None:
     )
     ap.add_argument("--out", default="bench/results/fixed_cost.json")
     args = ap.parse_args()
+    if args.steps < 2:
+        ap.error("--steps must be at least 2 (the later steps time the training itself)")
     from pipeline.synth import write_corpus
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,10 +99,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         steps_in_interval += 1
         if step == first_step and rank == 0:
             # Model build, the data stream's start and the first step.
-            startup["time/first_step_s"] = time.time() - loop_start
+            first_done = time.time()
+            startup["time/first_step_s"] = first_done - loop_start
             for k, v in startup.items():
                 log_phase(k.removeprefix("time/").removesuffix("_s"), v)
             tracker.log(startup, step)
+        elif step == cfg.train.max_steps and rank == 0:
+            # The training itself: what is left of a run's wall time is fixed cost.
+            later = time.time() - first_done
+            log_phase("later_steps", later)
+            tracker.log({"time/later_steps_s": later}, step)
         if step % cfg.train.log_every and step != cfg.train.max_steps:
             continue
         elapsed = time.perf_counter() - interval_start

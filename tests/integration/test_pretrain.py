@@ -105,6 +105,7 @@ def test_two_workers_overfit_track_in_mlflow_and_resume(featurized, mlflow_serve
         "time/registry_s",
         "time/worker_start_s",
         "time/first_step_s",
+        "time/later_steps_s",
     ):
         assert key in run_info.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
