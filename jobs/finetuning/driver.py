@@ -30,6 +30,7 @@ from jobs.kit.datasets import (
     auto_length,
     input_mb,
     prepared_dataset,
+    quiet_training_passes,
     read_rows,
     shard_files,
 )
@@ -115,9 +116,8 @@ class PreparedData:
 def prepare_data(data: str, cfg: FinetuneConfig) -> PreparedData:
     """Read the task and prepare the train / valid splits for ``cfg.model.input_tdim``
     (auto: measured on the training split)."""
-    import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_training_passes()
     info = load_dataset_info(data)
     task = read_task(info, cfg)
     d = cfg.data

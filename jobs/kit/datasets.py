@@ -101,6 +101,19 @@ def auto_length(info: DatasetInfo, where: tuple[str, object] | None = None) -> i
     return length
 
 
+def quiet_training_passes() -> None:
+    """Ray Data's console lines off for the datasets of a training run, made before they
+    are: no progress bars, and no "Starting execution" / "Execution plan" pair, which
+    the split coordinator prints for every pass over every split (each epoch). The
+    run's own line per step or epoch says where it is; Ray Data's full log stays in the
+    session's ``logs/ray-data``."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def prepared_dataset(rows: pa.Table, prepare: Callable[[pa.Table], dict[str, np.ndarray]]):
     """A materialized Ray Dataset of ``prepare``'s tensor columns over ``rows``, in
     blocks of :data:`ROWS_PER_BLOCK`."""

@@ -21,6 +21,7 @@ from jobs.kit.datasets import (
     DRIVER_PREPARE_MB,
     auto_length,
     input_mb,
+    quiet_training_passes,
     read_rows,
     shard_files,
 )
@@ -98,7 +99,7 @@ def training_data(data: str, cfg: PretrainConfig) -> TrainingData:
     """
     import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per step
+    quiet_training_passes()
     info = load_dataset_info(data) if exists(data.rstrip("/") + "/dataset.json") else None
     if info is not None:
         features = info.feature_config
