@@ -116,7 +116,6 @@ class PreparedData:
 def prepare_data(data: str, cfg: FinetuneConfig) -> PreparedData:
     """Read the task and prepare the train / valid splits for ``cfg.model.input_tdim``
     (auto: measured on the training split)."""
-
     quiet_training_passes()
     info = load_dataset_info(data)
     task = read_task(info, cfg)
